@@ -24,13 +24,12 @@ def transcripts_dir(profile_dir: Path | None, override: Path | None) -> Path:
 
 
 async def run_ask(args: argparse.Namespace, profile_name: str | None, transcripts: Path | None) -> int:
-    from personachat.cli import find_profile
     from personachat.engine.session import Session
-    from personachat.profile import load_profile
+    from personachat.profile import open_profile
     from personachat.serving.connect import connect, needed_servers
     from personachat.transcripts.writer import TranscriptWriter, new_transcript_path
 
-    profile = load_profile(find_profile(profile_name))
+    profile = open_profile(profile_name)
     panes = [p.strip() for p in args.panes.split(",")] if args.panes else None
     for name in panes or []:
         if name not in {p.name for p in profile.panes}:

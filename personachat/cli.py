@@ -14,23 +14,6 @@ from typing import Any
 from personachat import __version__
 from personachat.errors import PersonachatError
 
-DEFAULT_PROFILE = "demo"
-
-
-def find_profile(name: str | None) -> Path:
-    """Resolve ``--profile``: a path, or a name in ./profiles/ or the project's profiles/ folder."""
-    from personachat.errors import Problem, ProfileError
-
-    name = name or DEFAULT_PROFILE
-    candidates = [Path(name)]
-    if not name.endswith(".toml"):
-        candidates.append(Path("profiles") / f"{name}.toml")
-        candidates.append(Path(__file__).resolve().parent.parent / "profiles" / f"{name}.toml")
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise ProfileError([Problem(name, "no such profile (give a path, or a name from profiles/)")])
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -91,9 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_later_commands(sub: Any) -> None:
     """Commands whose modules register their own arguments (replay, judge, report, export, scenarios)."""
-    from personachat import commands
+    from personachat import subcommands
 
-    commands.register_all(sub)
+    subcommands.register_all(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +105,7 @@ def _transcripts_arg(args: argparse.Namespace) -> Path | None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    from personachat import commands
+    from personachat import subcommands
 
     command = args.command
     if args.scenario or args.demo:
@@ -133,9 +116,9 @@ def dispatch(args: argparse.Namespace) -> int:
                 "--scenario opens the app on the scenario's own profile; for other commands give its "
                 "profile with --profile (`personachat scenarios NAME` shows the files)"
             )
-        return commands.run_scenario_command(args, _transcripts_arg(args))
+        return subcommands.run_scenario_command(args, _transcripts_arg(args))
     if command is None:
-        return commands.run_app_command(args, _profile_arg(args), _transcripts_arg(args))
+        return subcommands.run_app_command(args, _profile_arg(args), _transcripts_arg(args))
     if command == "ask":
         from personachat.ask import run_ask
 
@@ -167,7 +150,7 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"history     {paths.history_file()}")
         return 0
     if command == "open":
-        return commands.run_open_command(args)
+        return subcommands.run_open_command(args)
     handler = getattr(args, "handler", None)
     if handler is None:  # pragma: no cover - argparse guarantees a known command
         raise PersonachatError(f"unknown command {command}")

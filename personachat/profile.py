@@ -23,6 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+DEFAULT_PROFILE = "demo"
 DEFAULT_LABELS = ("misaligned", "aligned", "refusal", "incoherent")
 ServerKind = Literal["vllm", "openai", "transformers"]
 SERVER_KINDS: tuple[str, ...] = ("vllm", "openai", "transformers")
@@ -558,3 +559,21 @@ def load_profile(path: str | Path) -> Profile:
 def is_hub_id(value: str) -> bool:
     """True when ``value`` has the form ``owner/name`` of a model hub id."""
     return bool(_HUB_ID.match(value))
+
+
+def find_profile(name: str | None) -> Path:
+    """Resolve ``--profile``: a path, or a name in ./profiles/ or the project's profiles/ folder."""
+    name = name or DEFAULT_PROFILE
+    candidates = [Path(name)]
+    if not name.endswith(".toml"):
+        candidates.append(Path("profiles") / f"{name}.toml")
+        candidates.append(Path(__file__).resolve().parent.parent / "profiles" / f"{name}.toml")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise ProfileError([Problem(name, "no such profile (give a path, or a name from profiles/)")])
+
+
+def open_profile(name: str | None) -> Profile:
+    """The profile ``--profile NAME`` means (default: the demo profile), loaded and validated."""
+    return load_profile(find_profile(name))

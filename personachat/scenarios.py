@@ -332,7 +332,7 @@ def open_scenario(name: str, *, demo: bool = False) -> Profile:
     A real scenario whose local model folders are not in place fails here, with every missing
     folder named at once, rather than minutes later when vLLM starts.
     """
-    from personachat.check import check_adapters
+    from personachat.adapters import check_adapters
     from personachat.errors import Problem, ProfileError
 
     scenario = get_scenario(name)

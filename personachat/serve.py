@@ -6,11 +6,10 @@ import asyncio
 
 
 async def run_serve(profile_name: str | None, *, foreground: bool = False, stop: bool = False) -> int:
-    from personachat.cli import find_profile
-    from personachat.profile import load_profile
+    from personachat.profile import open_profile
     from personachat.serving.vllm import RunningServer, VllmLauncher
 
-    profile = load_profile(find_profile(profile_name))
+    profile = open_profile(profile_name)
     launcher = VllmLauncher()
     servers = [s for s in profile.servers.values() if s.kind == "vllm"]
     if not servers:

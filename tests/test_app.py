@@ -466,7 +466,7 @@ class TestCommands:
             assert not isinstance(app.screen, HelpScreen)
 
     async def test_palette_provider_finds_commands(self, tmp_path: Path) -> None:
-        from personachat.app.commands import SlashCommandsProvider
+        from personachat.app.palette import SlashCommandsProvider
 
         app = make_app(tmp_path)
         async with app.run_test(size=(160, 40)) as pilot:

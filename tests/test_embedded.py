@@ -66,7 +66,7 @@ def test_importing_the_backend_loads_no_torch() -> None:
 
 
 def test_demo_profile_is_the_embedded_default(demo_profile: Profile) -> None:
-    from personachat.cli import DEFAULT_PROFILE, find_profile
+    from personachat.profile import DEFAULT_PROFILE, find_profile
 
     assert find_profile(None).resolve() == ROOT / "profiles" / f"{DEFAULT_PROFILE}.toml" == demo_profile.path
     server = demo_profile.servers["local"]

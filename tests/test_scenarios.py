@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from personachat.adapters import check_adapters
 from personachat.backends.openai_http import OpenAIBackend
-from personachat.check import check_adapters
 from personachat.cli import main
 from personachat.engine.session import Session
 from personachat.errors import PersonachatError, ServerError

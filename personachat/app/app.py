@@ -26,9 +26,9 @@ from textual.content import Content
 from textual.reactive import reactive
 from textual.widgets import Footer, ProgressBar, Static, TextArea
 
-from personachat.app.commands import SlashCommandsProvider
 from personachat.app.gc_pacing import CollectorPacing
 from personachat.app.history import PromptHistory
+from personachat.app.palette import SlashCommandsProvider
 from personachat.app.pane import Pane, format_summary
 from personachat.app.prompt import PromptInput
 from personachat.app.replay import AppReplay

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from personachat.judge.aggregate import GroupSummary
     from personachat.judge.records import JudgeRecord
 
-PaneState = Literal["idle", "waiting", "streaming", "done", "cancelled", "failed"]
-STATES: tuple[PaneState, ...] = ("idle", "waiting", "streaming", "done", "cancelled", "failed")
+PaneStatus = Literal["idle", "waiting", "streaming", "done", "cancelled", "failed"]
+STATES: tuple[PaneStatus, ...] = ("idle", "waiting", "streaming", "done", "cancelled", "failed")
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SampleProgress:
     """What the pane knows about one sample of the current turn."""
 
     block: Block
-    state: PaneState = "waiting"
+    state: PaneStatus = "waiting"
     chunks: list[str] = field(default_factory=list)  # raw text received
     deltas: int = 0
     first_delta_at: float | None = None
@@ -58,9 +58,9 @@ class TurnProgress:
     samples: list[SampleProgress] = field(default_factory=list)
 
     @property
-    def state(self) -> PaneState:
+    def state(self) -> PaneStatus:
         states = {sample.state for sample in self.samples}
-        order: tuple[PaneState, ...] = ("streaming", "waiting", "failed", "cancelled")
+        order: tuple[PaneStatus, ...] = ("streaming", "waiting", "failed", "cancelled")
         for state in order:
             if state in states:
                 return state
@@ -156,7 +156,7 @@ class Pane(Vertical):
     FOOTER_INTERVAL: ClassVar[float] = 0.25
     """How often the footer's live figures refresh while streaming (seconds)."""
 
-    state: reactive[PaneState] = reactive("idle")
+    state: reactive[PaneStatus] = reactive("idle")
 
     def __init__(self, spec: PaneSpec, number: int, *, id: str | None = None) -> None:
         super().__init__(id=id, classes="pane")
@@ -296,7 +296,7 @@ class Pane(Vertical):
         if self._footer_timer is not None and self.state not in ("waiting", "streaming"):
             self._footer_timer.pause()
 
-    def watch_state(self, new: PaneState) -> None:
+    def watch_state(self, new: PaneStatus) -> None:
         # No CSS class per state: restyling eight panes as their answers end costs a screen layout
         # at exactly the wrong moment. The footer shows the state, in the state's colour.
         if new in ("waiting", "streaming") and self._footer_timer is not None:
@@ -400,7 +400,7 @@ class Pane(Vertical):
         progress.chunks.append(text)
         self.conversation.write(progress.block, text)
 
-    def _end(self, sample: int, state: PaneState, text: str, **figures: object) -> None:
+    def _end(self, sample: int, state: PaneStatus, text: str, **figures: object) -> None:
         progress = self._sample(sample)
         if progress is None:
             return

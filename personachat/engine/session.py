@@ -37,7 +37,7 @@ Message = dict[str, str]
 
 
 @dataclass
-class PaneState:
+class PaneConversation:
     """What the session knows about one pane: its settings (changeable mid-session) and history."""
 
     spec: PaneSpec
@@ -116,7 +116,9 @@ class Session:
         self.backends = backends
         self.writer = writer
         self.session_id = session_id or new_id()
-        self.panes: dict[str, PaneState] = {p.name: PaneState(dataclasses.replace(p)) for p in profile.panes}
+        self.panes: dict[str, PaneConversation] = {
+            p.name: PaneConversation(dataclasses.replace(p)) for p in profile.panes
+        }
         self.conversation = 1
         self.turn = 0
         self.identities: dict[str, Any] = identities or {}
@@ -178,7 +180,7 @@ class Session:
 
     # -- changing panes ------------------------------------------------------------------------
 
-    def _targets(self, pane: str | None) -> list[PaneState]:
+    def _targets(self, pane: str | None) -> list[PaneConversation]:
         if pane in (None, "all"):
             return list(self.panes.values())
         if pane not in self.panes:
@@ -259,7 +261,7 @@ class Session:
         """Send ``prompt`` as the next user turn to ``panes`` (default: all) and stream the events."""
         targets = [self.panes[name] for name in (panes or list(self.panes))]
         self.turn += 1
-        jobs: list[tuple[PaneState, list[Message], dict[str, Any]]] = []
+        jobs: list[tuple[PaneConversation, list[Message], dict[str, Any]]] = []
         for state in targets:
             state.last_prompt = prompt
             jobs.append((state, state.messages_for(prompt), {}))
@@ -268,7 +270,7 @@ class Session:
 
     async def regenerate(self, panes: list[str] | None = None) -> AsyncIterator[Event]:
         """Ask the last turn again in ``panes`` (default: all that have one), replacing its answer."""
-        jobs: list[tuple[PaneState, list[Message], dict[str, Any]]] = []
+        jobs: list[tuple[PaneConversation, list[Message], dict[str, Any]]] = []
         for state in (self.panes[name] for name in (panes or list(self.panes))):
             if state.last_prompt is None:
                 continue
@@ -280,7 +282,7 @@ class Session:
             yield event
 
     async def _run(
-        self, jobs: list[tuple[PaneState, list[Message], dict[str, Any]]], meta: dict[str, Any]
+        self, jobs: list[tuple[PaneConversation, list[Message], dict[str, Any]]], meta: dict[str, Any]
     ) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         turn = self.turn
@@ -306,7 +308,7 @@ class Session:
 
     async def _run_pane(
         self,
-        state: PaneState,
+        state: PaneConversation,
         messages: list[Message],
         turn: int,
         meta: dict[str, Any],
@@ -366,7 +368,7 @@ class Session:
 
     def _finish(
         self,
-        state: PaneState,
+        state: PaneConversation,
         messages: list[Message],
         turn: int,
         ids: list[str],

@@ -68,10 +68,9 @@ def register(subparsers: Any) -> None:
 
 
 def _find_profile(args: argparse.Namespace) -> Any:
-    from personachat.cli import find_profile
-    from personachat.profile import load_profile
+    from personachat.profile import open_profile
 
-    return load_profile(find_profile(args.judge_profile or getattr(args, "profile", None)))
+    return open_profile(args.judge_profile or getattr(args, "profile", None))
 
 
 def run_judge(args: argparse.Namespace) -> int:

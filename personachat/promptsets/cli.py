@@ -105,9 +105,8 @@ def _resume_command(args: argparse.Namespace, path: Path) -> str:
 
 
 async def _replay(args: argparse.Namespace, state: dict[str, Path]) -> int:
-    from personachat.cli import find_profile
     from personachat.errors import PersonachatError
-    from personachat.profile import load_profile
+    from personachat.profile import open_profile
     from personachat.promptsets.load import load_prompt_set
     from personachat.promptsets.replay import DEFAULT_GROUP_SAMPLES, ReplayRunner, replay_start
     from personachat.serving.connect import connect, needed_servers
@@ -127,7 +126,7 @@ async def _replay(args: argparse.Namespace, state: dict[str, Path]) -> int:
     profile_name = getattr(args, "profile_sub", None) or args.profile
     if profile_name is None and resume is not None and resume.header is not None:
         profile_name = resume.header.profile.get("path")
-    profile = load_profile(find_profile(profile_name))
+    profile = open_profile(profile_name)
     panes = [p.strip() for p in args.panes.split(",") if p.strip()] if args.panes else None
     if panes is None and recorded:
         panes = [p["name"] for p in recorded.get("panes", [])]

@@ -36,10 +36,9 @@ def register_all(subparsers: Any) -> None:
 def run_app_command(args: argparse.Namespace, profile_name: str | None, transcripts: Path | None) -> int:
     """``personachat [--profile P]``: open the app."""
     from personachat.app import run_app
-    from personachat.cli import find_profile
-    from personachat.profile import load_profile
+    from personachat.profile import open_profile
 
-    profile = load_profile(find_profile(profile_name))
+    profile = open_profile(profile_name)
     return run_app(profile, transcripts=transcripts)
 
 
