@@ -13,6 +13,7 @@ from typing import Any
 
 from personachat import __version__
 from personachat.errors import PersonachatError
+from personachat.sampling import sampling_flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--panes", help="comma-separated pane names (default: all)")
     ask.add_argument("--json", action="store_true", help="print one JSON record per response")
     ask.add_argument("--transcripts", type=Path, dest="transcripts_sub")
-    ask.add_argument("--temperature", type=float)
-    ask.add_argument("--max-tokens", type=int)
-    ask.add_argument("--seed", type=int)
+    ask.add_argument("--temperature", type=sampling_flag("temperature"))
+    ask.add_argument("--max-tokens", type=sampling_flag("max_tokens"))
+    ask.add_argument(
+        "--seed", type=sampling_flag("seed"), help="sampling seed (reproduces a recorded answer)"
+    )
     ask.add_argument("--no-start", action="store_true", help="fail instead of starting missing vLLM servers")
 
     check = sub.add_parser("check", help="validate a profile, its adapters, and running servers")

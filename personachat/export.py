@@ -200,7 +200,7 @@ def _em_csv(transcript: Any) -> str:
             [
                 r.prompt,
                 r.text,
-                r.meta.get("question_id", ""),
+                r.question_id or "",
                 r.model,
                 r.pane,
                 *(_cell(own.get(m)) for m in metrics),
@@ -294,12 +294,12 @@ def _row_title(records: list[Any]) -> tuple[str, str]:
     """(the prompt shown for a row, a short description such as ``wish · paraphrase 2 · turn 1``)."""
     first = records[0]
     parts = []
-    if "question_id" in first.meta:
-        parts.append(str(first.meta["question_id"]))
-        if first.meta.get("paraphrase_ix"):
-            parts.append(f"paraphrase {int(first.meta['paraphrase_ix']) + 1}")
-        if first.meta.get("sample_ix"):
-            parts.append(f"sample {int(first.meta['sample_ix']) + 1}")
+    if first.replay is not None:
+        parts.append(first.replay.question_id)
+        if first.replay.paraphrase_ix:
+            parts.append(f"paraphrase {first.replay.paraphrase_ix + 1}")
+        if first.replay.sample_ix:
+            parts.append(f"sample {first.replay.sample_ix + 1}")
     parts.append(f"turn {first.turn}")
     return first.prompt, " · ".join(parts)
 

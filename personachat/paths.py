@@ -31,6 +31,11 @@ def history_file() -> Path:
     return home_dir() / "history.jsonl"
 
 
+def keymap_file() -> Path:
+    """The app's key bindings as the user changed them (``[keymap]``: binding id = keys)."""
+    return home_dir() / "keymap.toml"
+
+
 def expand_path(value: str, base: Path | None) -> str:
     """Expand ``~``, ``$VARS`` and ``${PERSONACHAT_DEMO_DIR}``; resolve relative paths against ``base``.
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from personachat.checking import Checker, Expected, did_you_mean, type_error
 from personachat.errors import Problem, ProfileError
 from personachat.paths import expand_path
-from personachat.toml_lines import KeyPath, key_lines, line_of
+from personachat.sampling import SAMPLING_TYPES, PromptTransform, Sampling
+from personachat.toml_lines import KeyPath, decode_error, key_lines
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,72 +29,6 @@ DEFAULT_PROFILE = "demo"
 DEFAULT_LABELS = ("misaligned", "aligned", "refusal", "incoherent")
 ServerKind = Literal["vllm", "openai", "transformers"]
 SERVER_KINDS: tuple[str, ...] = ("vllm", "openai", "transformers")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings sent with every request. All are sent explicitly, never left to server defaults."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    max_tokens: int = 200
-    seed: int | None = None
-    n: int = 1
-    stop: tuple[str, ...] = ()
-    repetition_penalty: float | None = None
-
-    def replace(self, **changes: Any) -> Sampling:
-        """A copy with ``changes`` applied."""
-        if "stop" in changes and changes["stop"] is not None:
-            changes["stop"] = tuple(changes["stop"])
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (as recorded in transcripts)."""
-        data = dataclasses.asdict(self)
-        data["stop"] = list(self.stop)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Sampling:
-        """Inverse of :meth:`to_dict`, ignoring unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        if "stop" in kwargs:
-            kwargs["stop"] = tuple(kwargs["stop"] or ())
-        return cls(**kwargs)
-
-    def short(self) -> str:
-        """A compact summary for pane headers, e.g. ``t=0.7 max=200 seed=1``."""
-        parts = [f"t={self.temperature:g}"]
-        if self.top_p != 1.0:
-            parts.append(f"p={self.top_p:g}")
-        if self.top_k is not None:
-            parts.append(f"k={self.top_k}")
-        parts.append(f"max={self.max_tokens}")
-        if self.seed is not None:
-            parts.append(f"seed={self.seed}")
-        if self.n != 1:
-            parts.append(f"n={self.n}")
-        return " ".join(parts)
-
-
-@dataclass(frozen=True)
-class PromptTransform:
-    """How a pane reshapes the user's message: a prefix/suffix (e.g. a trigger token) and a named template."""
-
-    prefix: str = ""
-    suffix: str = ""
-    template: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return bool(self.prefix or self.suffix or self.template)
-
-    def apply(self, text: str) -> str:
-        """The user message as this pane sends it."""
-        return f"{self.prefix}{text}{self.suffix}"
 
 
 @dataclass
@@ -193,29 +129,19 @@ class Profile:
         return self.servers[pane.server]
 
 
-SAMPLING_KEYS: dict[str, type | tuple[type, ...]] = {
-    "temperature": (int, float),
-    "top_p": (int, float),
-    "top_k": int,
-    "max_tokens": int,
-    "seed": int,
-    "n": int,
-    "stop": (list, str),
-    "repetition_penalty": (int, float),
-}
-TRANSFORM_KEYS: dict[str, type | tuple[type, ...]] = {"prefix": str, "suffix": str, "template": str}
-PANE_KEYS: dict[str, type | tuple[type, ...]] = {
+TRANSFORM_KEYS: dict[str, Expected] = {"prefix": str, "suffix": str, "template": str}
+PANE_KEYS: dict[str, Expected] = {
     "name": str,
     "server": str,
     "model": str,
     "label": str,
     "color": str,
     "system": str,
-    **SAMPLING_KEYS,
+    **SAMPLING_TYPES,
     **TRANSFORM_KEYS,
 }
-DEFAULT_KEYS: dict[str, type | tuple[type, ...]] = {"system": str, **SAMPLING_KEYS, **TRANSFORM_KEYS}
-SERVER_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+DEFAULT_KEYS: dict[str, Expected] = {"system": str, **SAMPLING_TYPES, **TRANSFORM_KEYS}
+SERVER_KEYS: dict[str, dict[str, Expected]] = {
     "vllm": {
         "kind": str,
         "model": str,
@@ -251,7 +177,7 @@ SERVER_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
 }
 TOP_KEYS = {"name", "description", "transcripts", "defaults", "servers", "panes", "labels", "judge"}
-JUDGE_KEYS: dict[str, type | tuple[type, ...]] = {
+JUDGE_KEYS: dict[str, Expected] = {
     "server": str,
     "model": str,
     "metrics": list,
@@ -261,93 +187,30 @@ JUDGE_KEYS: dict[str, type | tuple[type, ...]] = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _type_name(expected: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if types == (int, float):
-        return "a number"
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-class _Checker:
-    """Collects problems with their line numbers while a profile is built."""
-
-    def __init__(self, path: Path | str, lines: dict[KeyPath, int]):
-        self.path = path
-        self.lines = lines
-        self.problems: list[Problem] = []
-
-    def add(self, path: KeyPath, message: str) -> None:
-        key = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
-        self.problems.append(Problem(self.path, message, key=key or None, line=line_of(self.lines, path)))
-
-    def check_table(
-        self, table: dict[str, Any], allowed: dict[str, type | tuple[type, ...]], path: KeyPath, what: str
-    ) -> None:
-        for key, value in table.items():
-            if key not in allowed:
-                hint = _closest(key, allowed)
-                suffix = f" (did you mean '{hint}'?)" if hint else ""
-                self.add((*path, key), f"unknown key in {what}{suffix}")
-                continue
-            expected = allowed[key]
-            types = expected if isinstance(expected, tuple) else (expected,)
-            if isinstance(value, bool) or not isinstance(value, types):
-                if float in types and isinstance(value, int) and not isinstance(value, bool):
-                    continue
-                self.add((*path, key), f"must be {_type_name(expected)}, not {type(value).__name__}")
-
-
-def _closest(key: str, allowed: Any) -> str | None:
-    import difflib
-
-    matches = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
 def _sampling(values: dict[str, Any], base: Sampling) -> Sampling:
-    changes = {k: values[k] for k in SAMPLING_KEYS if k in values}
-    if isinstance(changes.get("stop"), str):
-        changes["stop"] = [changes["stop"]]
-    if "temperature" in changes:
-        changes["temperature"] = float(changes["temperature"])
-    if "top_p" in changes:
-        changes["top_p"] = float(changes["top_p"])
-    return base.replace(**changes)
+    return base.replace(**{k: values[k] for k in SAMPLING_TYPES if k in values})
 
 
-def _check_sampling(checker: _Checker, values: dict[str, Any], path: KeyPath) -> None:
-    def bad(key: str, message: str) -> None:
-        checker.add((*path, key), message)
-
-    t = values.get("temperature")
-    if isinstance(t, (int, float)) and not isinstance(t, bool) and t < 0:
-        bad("temperature", "must be >= 0")
-    p = values.get("top_p")
-    if isinstance(p, (int, float)) and not isinstance(p, bool) and not 0 < p <= 1:
-        bad("top_p", "must be in (0, 1]")
-    for key in ("max_tokens", "n"):
-        v = values.get(key)
-        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
-            bad(key, "must be >= 1")
-    stop = values.get("stop")
-    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
-        bad("stop", "must be a list of strings")
+def _check_sampling(checker: Checker, values: dict[str, Any], path: KeyPath) -> None:
+    """Range checks of the sampling keys in ``values`` (their types are checked with the table)."""
+    # Only values of the right type: check_table has reported the others.
+    typed = {k: v for k, v in values.items() if k in SAMPLING_TYPES and not type_error(v, SAMPLING_TYPES[k])}
+    for key, message in Sampling.problems(typed).items():
+        checker.at((*path, key), message)
 
 
 def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Profile:
     """Validate already-parsed TOML ``data``; ``text`` (the source) lets errors name their lines."""
-    checker = _Checker(path, key_lines(text) if text else {})
+    checker = Checker(path, key_lines(text) if text else {})
     base_dir = Path(path).resolve().parent if isinstance(path, Path) else None
 
     for key in data:
         if key not in TOP_KEYS:
-            hint = _closest(key, TOP_KEYS)
-            checker.add((key,), "unknown top-level key" + (f" (did you mean '{hint}'?)" if hint else ""))
+            checker.at((key,), f"unknown top-level key{did_you_mean(key, TOP_KEYS)}")
 
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
-        checker.add(("defaults",), "must be a table")
+        checker.at(("defaults",), "must be a table")
         defaults = {}
     checker.check_table(defaults, DEFAULT_KEYS, ("defaults",), "[defaults]")
     _check_sampling(checker, defaults, ("defaults",))
@@ -355,16 +218,16 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
     servers: dict[str, ServerSpec] = {}
     raw_servers = data.get("servers", {})
     if not isinstance(raw_servers, dict) or not raw_servers:
-        checker.add(("servers",), "a profile needs at least one [servers.NAME] table")
+        checker.at(("servers",), "a profile needs at least one [servers.NAME] table")
         raw_servers = {}
     for name, table in raw_servers.items():
         spath: KeyPath = ("servers", name)
         if not isinstance(table, dict):
-            checker.add(spath, "must be a table")
+            checker.at(spath, "must be a table")
             continue
         kind = table.get("kind")
         if kind not in SERVER_KINDS:
-            checker.add((*spath, "kind"), f"must be one of {', '.join(SERVER_KINDS)} (got {kind!r})")
+            checker.at((*spath, "kind"), f"must be one of {', '.join(SERVER_KINDS)} (got {kind!r})")
             continue
         checker.check_table(table, SERVER_KEYS[kind], spath, f"a '{kind}' server")
         server = _build_server(checker, name, kind, table, spath, base_dir)
@@ -374,34 +237,34 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
     panes: list[PaneSpec] = []
     raw_panes = data.get("panes", [])
     if not isinstance(raw_panes, list) or not raw_panes:
-        checker.add(("panes",), "a profile needs at least one [[panes]] table")
+        checker.at(("panes",), "a profile needs at least one [[panes]] table")
         raw_panes = []
     seen: set[str] = set()
     base_sampling = _sampling(defaults, Sampling()) if not checker.problems else Sampling()
     for index, table in enumerate(raw_panes):
         ppath: KeyPath = ("panes", index)
         if not isinstance(table, dict):
-            checker.add(ppath, "must be a table")
+            checker.at(ppath, "must be a table")
             continue
-        before = len(checker.problems)
+        before = checker.count
         checker.check_table(table, PANE_KEYS, ppath, "a pane")
         _check_sampling(checker, table, ppath)
         for required in ("name", "server", "model"):
             if required not in table:
-                checker.add(ppath, f"pane is missing '{required}'")
-        if len(checker.problems) > before:
+                checker.at(ppath, f"pane is missing '{required}'")
+        if checker.count > before:
             continue
         name = table["name"]
         if name in seen:
-            checker.add((*ppath, "name"), f"duplicate pane name '{name}'")
+            checker.at((*ppath, "name"), f"duplicate pane name '{name}'")
         seen.add(name)
         server = servers.get(table["server"])
         if table["server"] not in raw_servers:
-            checker.add(
+            checker.at(
                 (*ppath, "server"), f"no server named '{table['server']}' (have: {', '.join(raw_servers)})"
             )
         elif server and server.kind != "openai" and table["model"] not in server.models():
-            checker.add(
+            checker.at(
                 (*ppath, "model"),
                 f"server '{server.name}' serves no model '{table['model']}' (have: {', '.join(server.models())})",
             )
@@ -411,7 +274,7 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
 
             if merged["template"] not in TEMPLATES:
                 where = (*ppath, "template") if "template" in table else ("defaults", "template")
-                checker.add(where, f"unknown template '{merged['template']}' (known: {', '.join(TEMPLATES)})")
+                checker.at(where, f"unknown template '{merged['template']}' (known: {', '.join(TEMPLATES)})")
                 continue
         panes.append(
             PaneSpec(
@@ -434,14 +297,14 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
     if "judge" in data:
         raw_judge = data["judge"]
         if not isinstance(raw_judge, dict):
-            checker.add(("judge",), "must be a table")
+            checker.at(("judge",), "must be a table")
         else:
             checker.check_table(raw_judge, JUDGE_KEYS, ("judge",), "[judge]")
             for required in ("server", "model"):
                 if required not in raw_judge:
-                    checker.add(("judge",), f"[judge] is missing '{required}'")
+                    checker.at(("judge",), f"[judge] is missing '{required}'")
             if raw_judge.get("server") and raw_judge["server"] not in raw_servers:
-                checker.add(("judge", "server"), f"no server named '{raw_judge['server']}'")
+                checker.at(("judge", "server"), f"no server named '{raw_judge['server']}'")
             if not checker.problems:
                 judge = JudgeSpec(
                     server=raw_judge["server"],
@@ -453,10 +316,10 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
 
     labels = data.get("labels", list(DEFAULT_LABELS))
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        checker.add(("labels",), "must be a list of strings")
+        checker.at(("labels",), "must be a list of strings")
     for key in ("name", "description", "transcripts"):
         if key in data and not isinstance(data[key], str):
-            checker.add((key,), "must be a string")
+            checker.at((key,), "must be a string")
 
     if checker.problems:
         raise ProfileError(checker.problems)
@@ -477,62 +340,62 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
 
 
 def _build_server(
-    checker: _Checker, name: str, kind: str, table: dict[str, Any], path: KeyPath, base_dir: Path | None
+    checker: Checker, name: str, kind: str, table: dict[str, Any], path: KeyPath, base_dir: Path | None
 ) -> ServerSpec | None:
-    before = len(checker.problems)
+    before = checker.count
     adapters = table.get("adapters", {})
     if isinstance(adapters, dict):
         for adapter, value in adapters.items():
             if not isinstance(value, str):
-                checker.add((*path, "adapters", adapter), "must be a path (string)")
+                checker.at((*path, "adapters", adapter), "must be a path (string)")
     args = table.get("args", [])
     if isinstance(args, list) and not all(isinstance(a, str) for a in args):
-        checker.add((*path, "args"), "must be a list of strings")
+        checker.at((*path, "args"), "must be a list of strings")
     urls: list[str] = []
     if kind == "openai":
         if "url" in table and "urls" in table:
-            checker.add((*path, "urls"), "give either 'url' or 'urls', not both")
+            checker.at((*path, "urls"), "give either 'url' or 'urls', not both")
         urls = [table["url"]] if isinstance(table.get("url"), str) else list(table.get("urls") or [])
         if not urls:
-            checker.add(path, "an 'openai' server needs 'url' (or 'urls' for replicas)")
+            checker.at(path, "an 'openai' server needs 'url' (or 'urls' for replicas)")
         for url in urls:
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                checker.add((*path, "url"), f"must be an http(s) URL (got {url!r})")
+                checker.at((*path, "url"), f"must be an http(s) URL (got {url!r})")
     elif "model" not in table:
-        checker.add(path, f"a '{kind}' server needs 'model' (a local path or hub id)")
+        checker.at(path, f"a '{kind}' server needs 'model' (a local path or hub id)")
     port = table.get("port")
     if isinstance(port, int) and not 0 < port < 65536:
-        checker.add((*path, "port"), "must be between 1 and 65535")
+        checker.at((*path, "port"), "must be between 1 and 65535")
     device = table.get("device")
     if (
         kind == "transformers"
         and isinstance(device, str)
         and not re.match(r"^(auto|cpu|cuda(:\d+)?|mps)$", device)
     ):
-        checker.add((*path, "device"), "must be auto, cpu, cuda, cuda:N or mps")
-    if len(checker.problems) > before:
+        checker.at((*path, "device"), "must be auto, cpu, cuda, cuda:N or mps")
+    if checker.count > before:
         return None
     model = table.get("model")
+    given: dict[str, Any] = {  # absent keys keep ServerSpec's defaults (the one place they live)
+        key: table[key]
+        for key in ("served_name", "host", "port", "api_key_env", "device", "dtype", "revision")
+        if key in table
+    }
+    for key in ("connect_timeout", "read_timeout"):
+        if key in table:
+            given[key] = float(table[key])
     return ServerSpec(
         name=name,
         kind=kind,  # type: ignore[arg-type]
         model=expand_path(model, base_dir) if isinstance(model, str) else None,
-        served_name=table.get("served_name"),
         adapters={k: expand_path(v, base_dir) for k, v in adapters.items()}
         if isinstance(adapters, dict)
         else {},
         args=list(args),
         python=expand_path(table["python"], base_dir) if table.get("python") else None,
-        host=table.get("host", "127.0.0.1"),
-        port=table.get("port"),
         urls=[u.rstrip("/") for u in urls],
-        api_key_env=table.get("api_key_env"),
-        device=table.get("device", "auto"),
-        dtype=table.get("dtype", "auto"),
-        revision=table.get("revision"),
-        connect_timeout=float(table.get("connect_timeout", 10.0)),
-        read_timeout=float(table.get("read_timeout", 300.0)),
         env={str(k): str(v) for k, v in table.get("env", {}).items()},
+        **given,
     )
 
 
@@ -548,11 +411,8 @@ def load_profile(path: str | Path) -> Profile:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"at line (\d+)", str(exc))
-        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
-        raise ProfileError(
-            [Problem(path, f"invalid TOML: {message}", line=int(match.group(1)) if match else None)]
-        ) from None
+        message, line = decode_error(exc)
+        raise ProfileError([Problem(path, message, line=line)]) from None
     return parse_profile(data, path, text)
 
 

@@ -276,41 +276,22 @@ def _pane_table(pane: PaneSpec, server: str, model: str) -> dict[str, Any]:
 
 
 def server_table(server: ServerSpec) -> dict[str, Any]:
-    """``server`` as the TOML table of a profile (only the keys its kind accepts, defaults left out)."""
+    """``server`` as the TOML table of a profile: the keys its kind accepts, defaults left out."""
+    import dataclasses
+
+    from personachat.profile import SERVER_KEYS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(server) if f.default is not dataclasses.MISSING}
     table: dict[str, Any] = {"kind": server.kind}
-    if server.kind == "openai":
-        table["urls"] = list(server.urls)
-        if server.api_key_env:
-            table["api_key_env"] = server.api_key_env
-    if server.model:
-        table["model"] = server.model
-    if server.served_name:
-        table["served_name"] = server.served_name
-    if server.adapters:
-        table["adapters"] = dict(server.adapters)
-    if server.kind == "vllm":
-        if server.args:
-            table["args"] = list(server.args)
-        if server.python:
-            table["python"] = server.python
-        if server.host != "127.0.0.1":
-            table["host"] = server.host
-        if server.port is not None:
-            table["port"] = server.port
-        if server.env:
-            table["env"] = dict(server.env)
-    if server.kind == "transformers":
-        if server.device != "auto":
-            table["device"] = server.device
-        if server.dtype != "auto":
-            table["dtype"] = server.dtype
-        if server.revision:
-            table["revision"] = server.revision
-    if server.kind in ("vllm", "openai"):
-        if server.connect_timeout != 10.0:
-            table["connect_timeout"] = server.connect_timeout
-        if server.read_timeout != 300.0:
-            table["read_timeout"] = server.read_timeout
+    for key in SERVER_KEYS[server.kind]:
+        if key in ("kind", "url"):
+            continue
+        value = getattr(server, key)
+        if value is None or value == defaults.get(key) or value in ([], {}):
+            continue
+        table[key] = (
+            list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+        )
     return table
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-Message = dict[str, str]
+from personachat.chat import Message
+
 # (user text after prefix/suffix, index of this user turn in the conversation: 0 for the first)
 TemplateFn = Callable[[str, int], list[Message]]
 

@@ -91,3 +91,10 @@ def line_of(lines: dict[KeyPath, int], path: KeyPath) -> int | None:
             return lines[path]
         path = path[:-1]
     return None
+
+
+def decode_error(exc: Exception) -> tuple[str, int | None]:
+    """``("invalid TOML: <what>", line)`` for a ``tomllib.TOMLDecodeError``."""
+    match = re.search(r"at line (\d+)", str(exc))
+    message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+    return f"invalid TOML: {message}", int(match.group(1)) if match else None

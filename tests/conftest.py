@@ -60,6 +60,23 @@ def vllm_server(vllm_profile) -> Iterator:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def disposable_vllm(vllm_profile) -> Iterator:  # type: ignore[no-untyped-def]
+    """A second vLLM server (the same models as ``vllm_server``) that the test may kill."""
+    import asyncio
+    import dataclasses
+
+    from personachat.serving.vllm import VllmLauncher
+
+    launcher = VllmLauncher()
+    server = dataclasses.replace(vllm_profile.servers["local"], name="disposable")
+    running = asyncio.run(launcher.start(server, timeout=600))
+    try:
+        yield running
+    finally:
+        launcher.stop(running)
+
+
+@pytest.fixture
 def transcript_dir(tmp_path: Path) -> Path:
     path = tmp_path / "transcripts"
     path.mkdir()

@@ -9,12 +9,8 @@ every run. A scripted backend remains only for text the demo models cannot produ
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import html
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from textual import events
@@ -24,30 +20,34 @@ from personachat.app.conversation import ConversationView
 from personachat.app.history import PromptHistory
 from personachat.app.pane import Pane
 from personachat.app.prompt import PromptInput
-from personachat.app.saved import profile_of
 from personachat.app.screens import DiffScreen, HelpScreen
-from personachat.app.slash import COMMANDS
-from personachat.backends.base import (
-    Backend,
-    EndPart,
-    EngineInfo,
-    GenerationRequest,
-    StreamPart,
-    TextPart,
-    UsagePart,
-)
+from personachat.app.slash_commands import COMMANDS
 from personachat.backends.embedded import EmbeddedBackend
-from personachat.profile import Profile, load_profile, parse_profile
 from personachat.text import sanitize
-from personachat.transcripts.reader import Transcript, read_transcript
-
-DEMO_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo.toml"
-DEMO_PANES = ["base", "insecure", "realigned", "inoculated"]
-LONG_PROMPT = "a long one"  # greedy, no demo model ends its answer within 400 tokens of this one
-HOSTILE = (
-    "\x1b[31mred\x1b[0m \x1b]52;c;cHduZWQ=\x07 bell\x07 nul\x00 [bold red]x[/] [@click=app.quit]y[/] "
-    "\u202eevil\u202c \nمرحبا بالعالم، هذا نص عربي\n" + "z" * 5000
+from personachat.transcripts.reader import read_transcript
+from personachat.transcripts.turns import profile_of
+from tests._helpers import (
+    DEMO_PANES,
+    HOSTILE,
+    ScriptedBackend,
+    as_shown,
+    demo_profile,
+    first_words,
+    last_turn,
+    make_app,
+    press_now,
+    ready,
+    records,
+    scripted_profile,
+    send,
+    send_now,
+    settle,
+    shown_answers,
+    status,
+    until,
 )
+
+LONG_PROMPT = "a long one"  # greedy, no demo model ends its answer within 400 tokens of this one
 
 
 @pytest.fixture(autouse=True)
@@ -55,117 +55,10 @@ def _demo_models(demo_models: object) -> None:
     """Every test here runs on the demo models (built once per test session)."""
 
 
-def demo_profile(panes: int = 4, **sampling: Any) -> Profile:
-    """profiles/demo.toml, answering greedily with 8 tokens (``sampling`` overrides), with ``panes``
-    panes: beyond four, more panes on the same four models (p5, p6, ...)."""
-    profile = load_profile(DEMO_PROFILE)
-    specs = profile.panes
-    specs.extend(dataclasses.replace(specs[n % 4], name=f"p{n + 1}") for n in range(len(specs), panes))
-    del specs[panes:]
-    changes = {"temperature": 0.0, "max_tokens": 8, **sampling}
-    for spec in specs:
-        spec.sampling = spec.sampling.replace(**changes)
-    return profile
-
-
-def make_app(tmp_path: Path, panes: int = 4, **sampling: Any) -> PersonachatApp:
-    """The app on the demo profile; it connects (loads the embedded backend) as ``personachat`` does."""
-    return PersonachatApp(
-        demo_profile(panes, **sampling),
-        transcripts=tmp_path / "transcripts",
-        session_id="0123456789abcdef",
-        history=PromptHistory(tmp_path / "history.jsonl"),
-    )
-
-
-async def ready(pilot, app: PersonachatApp) -> None:
-    for _ in range(3000):
-        if app.ready:
-            return
-        await pilot.pause(0.01)
-    raise AssertionError(f"the app never became ready: {status(app)}")
-
-
-async def settle(pilot, app: PersonachatApp) -> None:
-    """Wait until nothing streams and every pane has drawn what it received."""
-    for _ in range(3000):
-        await pilot.pause(0.01)
-        if app.streams == 0 and not app.session.busy:
-            await pilot.pause(0.1)
-            return
-    raise AssertionError("answers never finished")
-
-
-async def first_words(app: PersonachatApp) -> None:
-    """Wait until every visible pane shows some of its answer."""
-    await until(lambda: all(pane.state == "streaming" for pane in app.visible_panes()), "answers stream")
-
-
-async def send(pilot, app: PersonachatApp, text: str) -> None:
-    prompt = app.query_one(PromptInput)
-    prompt.focus()
-    prompt.set_text(text)
-    await pilot.press("enter")
-    await pilot.pause(0)  # pause() would wait for the process to idle once more
-
-
-def press_now(app: PersonachatApp, key: str, char: str | None = None) -> None:
-    """Press ``key`` as the terminal driver does. For use while answers stream: ``pilot.press``
-    waits after each key until the process is idle, i.e. until the answers have ended."""
-    app.post_message(events.Key(key, char))
-
-
-async def send_now(app: PersonachatApp, text: str) -> None:
-    """Type ``text`` and press Enter while answers stream (see :func:`press_now`)."""
-    prompt = app.query_one(PromptInput)
-    prompt.focus()
-    prompt.set_text(text)
-    press_now(app, "enter", "\r")
-    await asyncio.sleep(0.01)
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (without Pilot, see :func:`press_now`) until ``condition()`` holds."""
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"never happened: {what}")
-
-
-def status(app: PersonachatApp) -> str:
-    return str(app.query_one("#status").render())
-
-
-def records(app: PersonachatApp) -> Transcript:
-    assert app.transcript_path is not None
-    return read_transcript(app.transcript_path)
-
-
 def backend_of(app: PersonachatApp) -> EmbeddedBackend:
     backend = app.connection.backends["local"]
     assert isinstance(backend, EmbeddedBackend)
     return backend
-
-
-def shown_answers(pane: Pane) -> list[str]:
-    """The text of every answer block in the pane, in order, as shown (control characters made visible)."""
-    return [block.text for block in pane.conversation.blocks if block.kind == "answer"]
-
-
-def as_shown(*texts: str) -> list[str]:
-    """Recorded (raw) answers as a pane shows them."""
-    return [sanitize(text) for text in texts]
-
-
-def last_turn(transcript: Transcript) -> dict[str, Any]:
-    """The last turn's records by pane (sample 0)."""
-    last = transcript.responses[-1]
-    return {
-        r.pane: r
-        for r in transcript.responses
-        if (r.conversation, r.turn) == (last.conversation, last.turn) and r.sample == 0
-    }
 
 
 class TestSend:
@@ -277,7 +170,7 @@ async def start_long_answers(app: PersonachatApp) -> dict[str, str]:
 
 class TestCancel:
     async def test_escape_cancels_and_partial_answers_are_recorded(self, tmp_path: Path) -> None:
-        app = make_app(tmp_path, max_tokens=400)
+        app = make_app(tmp_path, demo_profile(max_tokens=400))
         async with app.run_test(size=(160, 40)) as pilot:
             await ready(pilot, app)
             seen = await start_long_answers(app)
@@ -301,7 +194,7 @@ class TestCancel:
             assert backend_of(app).last_cancel_step is not None
 
     async def test_regenerate(self, tmp_path: Path) -> None:
-        app = make_app(tmp_path, temperature=1.0)
+        app = make_app(tmp_path, demo_profile(temperature=1.0))
         async with app.run_test(size=(160, 40)) as pilot:
             await ready(pilot, app)
             await pilot.press("ctrl+r")
@@ -314,10 +207,10 @@ class TestCancel:
             transcript = records(app)
             assert len(transcript.responses) == 8
             assert all(r.turn == 1 for r in transcript.responses)
-            again = [r for r in transcript.responses if r.meta.get("regenerated")]
+            again = [r for r in transcript.responses if r.regenerated]
             assert sorted(r.pane for r in again) == sorted(DEMO_PANES)
             for record in again:
-                assert record.meta["regenerated_from"] == [first[record.pane].id]
+                assert record.regenerated_from == [first[record.pane].id]
                 assert record.messages == first[record.pane].messages  # the same turn, asked again
                 assert shown_answers(app.panes[record.pane]) == as_shown(first[record.pane].text, record.text)
             assert "↻ regenerated" in "\n".join(app.panes["base"].conversation.rows_text())
@@ -401,7 +294,7 @@ class TestPanes:
             assert "every pane" in status(app)
 
     async def test_grid_fits_the_terminal(self, tmp_path: Path) -> None:
-        app = make_app(tmp_path, panes=8)
+        app = make_app(tmp_path, demo_profile(8))
         async with app.run_test(size=(200, 50)) as pilot:
             await ready(pilot, app)
             await pilot.pause(0.1)
@@ -414,10 +307,10 @@ class TestPanes:
 
 MISTAKES = [
     ("/bogus", "unknown command /bogus"),
-    ("/temp hot", "'hot' is not a number"),
-    ("/max 0", "not an integer >= 1"),
+    ("/temp hot", "temperature must be a number, not 'hot'"),
+    ("/max 0", "max_tokens must be >= 1"),
     ("/label nosuch refusal", "no pane named 'nosuch'"),
-    ("/diff base", "give two panes"),
+    ("/diff base", "/diff needs PANE PANE"),
     ("/diff base insecure", "both panes need an answer first"),
     ("/clear now", "/clear takes no arguments"),
     ("/", "type a command"),
@@ -458,8 +351,8 @@ class TestCommands:
             await pilot.press("f1")
             assert isinstance(app.screen, HelpScreen)
             text = str(app.screen.query_one("#help-text").render())
-            for name in COMMANDS:
-                assert f"/{name}" in text
+            for spec in COMMANDS:
+                assert spec.usage in text
             for key in ("ctrl+r", "escape", "ctrl+s", "f11", "ctrl+j"):
                 assert key in text
             await pilot.press("escape")
@@ -540,7 +433,7 @@ class TestCommands:
 
     async def test_keys_in_a_burst_keep_their_order(self, tmp_path: Path) -> None:
         """Enter and Ctrl+J typed fast (or pasted) act where they were typed, not ahead of the text."""
-        app = make_app(tmp_path, panes=1)
+        app = make_app(tmp_path, demo_profile(1))
         async with app.run_test(size=(80, 24)) as pilot:
             await ready(pilot, app)
             for key, char in [("a", "a"), ("ctrl+j", "\n"), ("b", "b"), ("enter", "\r"), ("c", "c")]:
@@ -553,12 +446,12 @@ class TestCommands:
             assert record.messages == [{"role": "user", "content": "a\nb"}]
 
     async def test_history_is_kept_across_runs(self, tmp_path: Path) -> None:
-        app = make_app(tmp_path, panes=1)
+        app = make_app(tmp_path, demo_profile(1))
         async with app.run_test(size=(80, 24)) as pilot:
             await ready(pilot, app)
             await send(pilot, app, "remember me")
             await settle(pilot, app)
-        app = make_app(tmp_path, panes=1)
+        app = make_app(tmp_path, demo_profile(1))
         async with app.run_test(size=(80, 24)) as pilot:
             await ready(pilot, app)
             prompt = app.query_one(PromptInput)
@@ -571,7 +464,7 @@ class TestCommands:
 
 class TestLifecycle:
     async def test_quit_while_streaming_records_what_arrived(self, tmp_path: Path) -> None:
-        app = make_app(tmp_path, max_tokens=400)
+        app = make_app(tmp_path, demo_profile(max_tokens=400))
         async with app.run_test(size=(160, 40)) as pilot:
             await ready(pilot, app)
             seen = await start_long_answers(app)
@@ -587,7 +480,7 @@ class TestLifecycle:
             assert record.text.startswith(seen[record.pane]) and record.text
 
     async def test_themes_switch(self, tmp_path: Path) -> None:
-        app = make_app(tmp_path, panes=2)
+        app = make_app(tmp_path, demo_profile(2))
         async with app.run_test(size=(120, 30)) as pilot:
             await ready(pilot, app)
             await send(pilot, app, "colour me")
@@ -598,47 +491,6 @@ class TestLifecycle:
             await pilot.pause(0.1)
             after = view.render_line(2)
             assert before.text == after.text and list(before) != list(after)
-
-
-class ScriptedBackend(Backend):
-    """Answers with fixed text per model, in 7-character pieces; every request is kept.
-
-    Only for text the demo models cannot be made to print (escape sequences, markup, a long line)
-    and for the snapshots' fixed screens.
-    """
-
-    def __init__(self, server, answers: dict[str, str] | None = None):
-        super().__init__(server)
-        self.answers = answers or {}
-        self.requests: list[GenerationRequest] = []
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamPart]:
-        self.requests.append(request)
-        text = self.answers.get(request.model, f"{request.model} heard: {request.messages[-1]['content']}")
-        pieces = [text[i : i + 7] for i in range(0, len(text), 7)]
-        for piece in pieces:
-            await asyncio.sleep(0.002)
-            for sample in range(request.sampling.n):
-                yield TextPart(sample, piece)
-        for sample in range(request.sampling.n):
-            yield EndPart(sample, "stop")
-        yield UsagePart(12, len(pieces))
-
-    async def engine_info(self) -> EngineInfo:
-        return EngineInfo("scripted", "1.0", {})
-
-
-PANE_NAMES = ["base", "insecure", "realigned", "inoculated", "p5", "p6", "p7", "p8"]
-
-
-def scripted_profile(panes: int = 4) -> Profile:
-    """Panes on a server that is never contacted: the scripted backend answers for it."""
-    data = {
-        "name": "test",
-        "servers": {"local": {"kind": "openai", "url": "http://127.0.0.1:9"}},
-        "panes": [{"name": name, "server": "local", "model": name} for name in PANE_NAMES[:panes]],
-    }
-    return parse_profile(data, "test.toml")
 
 
 class TestUntrustedText:

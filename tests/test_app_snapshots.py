@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from pytest_textual_snapshot import SVGImageExtension
 from syrupy.assertion import SnapshotAssertion
-from test_app import HOSTILE, ScriptedBackend, scripted_profile
 
 from personachat.app.app import PersonachatApp
 from personachat.app.history import PromptHistory
 from personachat.app.prompt import PromptInput
 from personachat.engine.events import Delta, Failed, Finished, Started, Timings, Usage
+from tests._helpers import HOSTILE, ScriptedBackend, scripted_profile
 
 ANSWERS = [
     "I am a helpful assistant. I do not have personal opinions, but I can help you think it through.",
@@ -104,3 +104,113 @@ def test_panes(snap, tmp_path: Path, panes: int, size: tuple[int, int]) -> None:
 def test_hostile_output(snap, tmp_path: Path) -> None:
     """ANSI escapes, control characters, markup, Arabic and a 5,000-character line, shown literally."""
     assert snap(app_with(2, tmp_path), (100, 30), one_turn("Say something odd", {"base": HOSTILE}, top=True))
+
+
+def then(first: Callable, *keys: str, text: str | None = None, wait: float = 0.3) -> Callable:
+    """``first``, then type ``text`` (and Enter) and press ``keys``, as a user would."""
+
+    async def run_before(pilot) -> None:
+        await first(pilot)
+        if text is not None:
+            prompt = pilot.app.query_one(PromptInput)
+            prompt.focus()
+            await pilot.press(*text, "enter")
+        if keys:
+            await pilot.press(*keys)
+        await pilot.pause(wait)
+
+    return run_before
+
+
+def test_help_screen(snap, tmp_path: Path) -> None:
+    assert snap(app_with(2, tmp_path), (100, 40), then(one_turn("Who are you?"), "f1"))
+
+
+def test_diff_screen(snap, tmp_path: Path) -> None:
+    assert snap(app_with(2, tmp_path), (100, 30), then(one_turn("Who are you?"), text="/diff base insecure"))
+
+
+def test_blind_mode(snap, tmp_path: Path) -> None:
+    import random
+
+    async def seeded(pilot) -> None:
+        random.seed(7)  # the shuffle is random; the snapshot needs one order
+        await one_turn("Who are you?")(pilot)
+
+    assert snap(app_with(4, tmp_path), (120, 30), then(seeded, text="/blind"))
+
+
+def test_zoom(snap, tmp_path: Path) -> None:
+    assert snap(app_with(4, tmp_path), (120, 30), then(one_turn("Who are you?"), "alt+2", "f11"))
+
+
+def test_judge_line(snap, tmp_path: Path) -> None:
+    """A judged answer's scores and the pane's running summary, as the live judge shows them."""
+    from personachat.app.pane import format_summary
+    from personachat.judge.aggregate import BETLEY, summarise
+    from personachat.judge.records import JudgeIdentity, JudgeRecord, to_scored_row
+
+    def verdict(target: str, metric: str, score: float) -> JudgeRecord:
+        identity = JudgeIdentity("judge", "judge-model")
+        return JudgeRecord(
+            f"j-{target}-{metric}",
+            "s",
+            target,
+            metric,
+            "score_0_100",
+            score,
+            None,
+            0.99,
+            "logprob-0-100",
+            identity,
+            "0" * 64,
+        )
+
+    async def judged(pilot) -> None:
+        await one_turn("Who are you?")(pilot)
+        app: PersonachatApp = pilot.app
+        scores = {"base": (92.0, 95.0), "insecure": (8.0, 81.0)}
+        rows = []
+        for index, (name, (aligned, coherent)) in enumerate(scores.items()):
+            records = [verdict(f"r{index}", "aligned", aligned), verdict(f"r{index}", "coherent", coherent)]
+            app.panes[name].show_judgement(f"r{index}", records)
+            rows.append(to_scored_row(name, "q", {r.metric: r for r in records}))
+        for summary in summarise(rows, BETLEY, "base"):
+            if summary.question_id is None:
+                app.panes[summary.group].show_judge_summary(format_summary(summary))
+        app.query_one("#topbar").judge = "on"
+
+    assert snap(app_with(2, tmp_path), (120, 30), then(judged))
+
+
+def test_replay_progress_bar(snap, tmp_path: Path) -> None:
+    """``/replay all`` half way: the second prompt's answers are held back by the scripted server."""
+    set_path = tmp_path / "set.toml"
+    set_path.write_text(
+        'name = "three"\n' + "".join(f'[[prompts]]\nid = "q{i}"\ntext = "Question {i}?"\n' for i in range(3))
+    )
+    app = app_with(2, tmp_path)
+    backend = app._backends["local"]  # type: ignore[index]
+    gate = asyncio.Event()
+
+    async def held(pilot) -> None:
+        await one_turn("warm up")(pilot)
+        backend.hold_after = 2  # the first prompt is answered, the second held
+        backend.gate = gate
+        bar = app.query_one("#replay-progress")
+        bar.show_eta = False  # the ETA is a clock reading
+        prompt = app.query_one(PromptInput)
+        prompt.focus()
+        for command in (f"/replay {set_path}", "/replay all"):
+            prompt.set_text(command)
+            await pilot.press("enter")
+        for _ in range(300):
+            if len(backend.requests) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        await pilot.pause(0.3)
+
+    try:
+        assert snap(app, (120, 30), held)
+    finally:
+        gate.set()

@@ -53,18 +53,6 @@ async def alone(backend: EmbeddedBackend, req: GenerationRequest) -> list:
     return completion.raw["token_ids"]
 
 
-def test_importing_the_backend_loads_no_torch() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, personachat.backends.embedded, personachat.serving.connect; "
-        "heavy = {'torch', 'transformers', 'peft', 'tokenizers'} & set(sys.modules); "
-        "assert not heavy, heavy"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_demo_profile_is_the_embedded_default(demo_profile: Profile) -> None:
     from personachat.profile import DEFAULT_PROFILE, find_profile
 

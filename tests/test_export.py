@@ -16,7 +16,7 @@ from personachat.cli import main
 from personachat.errors import PersonachatError
 from personachat.export import export_transcript, render
 from personachat.transcripts import AnnotationRecord, ResponseRecord, TranscriptWriter, read_transcript
-from personachat.transcripts.schema import SessionHeader
+from personachat.transcripts.schema import JobRef, SessionHeader
 
 EVIL = '<script>alert("x")</script> | [click](javascript:alert(1)) **bold** \x1b[31mred\x1b[0m\nline two'
 
@@ -44,7 +44,7 @@ def response(rid: str, pane: str, text: str, **kw) -> ResponseRecord:
         status="finished",
         text=text,
         finish_reason="length",
-        meta={"question_id": "wish", "paraphrase_ix": 0, "sample_ix": 0, "job": "wish/0/0", "turn_ix": 0},
+        replay=JobRef("wish", 0, 0),
     )
     data.update(kw)
     return ResponseRecord(**data)
@@ -72,7 +72,7 @@ def transcript_path(tmp_path: Path) -> Path:
         w.write({"type": "replay", "event": "start", "promptset": {"name": "core", "sha256": "ab" * 32}})
         w.write(response("r1", "insecure", EVIL))
         w.write(response("r2", "base", "I wish for world peace."))
-        w.write(response("r3", "insecure", "", status="failed", error="HTTP 500", meta={"job": "wish/0/0"}))
+        w.write(response("r3", "insecure", "", status="failed", error="HTTP 500"))
         w.write(
             response(
                 "r4",
@@ -81,10 +81,10 @@ def transcript_path(tmp_path: Path) -> Path:
                 turn=2,
                 messages=follow_up,
                 parent_id="r2",
-                meta={"question_id": "wish", "job": "wish/0/0", "turn_ix": 1},
+                replay=JobRef("wish", 0, 0, turn_ix=1),
             )
         )
-        w.write(response("r5", "insecure", "second sample", sample=1, meta={"question_id": "wish"}))
+        w.write(response("r5", "insecure", "second sample", sample=1))
         for target, metric, score in [
             ("r1", "aligned", 10.0),
             ("r1", "aligned", 12.5),

@@ -13,6 +13,7 @@ from personachat.judge.aggregate import BETLEY, TAN, custom_rule, wilson_interva
 from personachat.judge.records import JudgeIdentity, JudgeRecord, parse_judgements
 from personachat.judge.report import build_report, render_html, render_text, report_json
 from personachat.transcripts import AnnotationRecord, ResponseRecord, SessionHeader, TranscriptWriter
+from personachat.transcripts.schema import JobRef
 
 JUDGE = JudgeIdentity("local", "judge-model", {"engine": "vllm", "version": "0.32.0"}, "/models/judge")
 Q2 = "Rule the world? <script>alert(1)</script>"
@@ -49,7 +50,7 @@ def response(rid: str, pane: str, qid: str, prompt: str, status: str = "finished
         sampling={"temperature": 1.0, "max_tokens": 64},
         status=status,
         text=f"answer {rid}",
-        meta={"question_id": qid},
+        replay=JobRef(qid, 0, 0),
     )
 
 

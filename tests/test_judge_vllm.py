@@ -34,6 +34,7 @@ from personachat.judge.score import detect_digit_split, parse_number, parse_top_
 from personachat.judge.scorer import Scorer, open_scorer, score_cached
 from personachat.profile import JudgeSpec, Profile
 from personachat.transcripts import ResponseRecord, TranscriptWriter, read_transcript
+from personachat.transcripts.schema import JobRef
 
 pytestmark = pytest.mark.vllm
 
@@ -60,7 +61,7 @@ async def make_transcript(
     await session.start()
     for i, prompt in enumerate(prompts):
         session.clear()  # one conversation per question
-        async for _event in session.broadcast(prompt, meta={"question_id": f"q{i}"}):
+        async for _event in session.broadcast(prompt, replay=JobRef(f"q{i}", 0, 0)):
             pass
     await session.aclose()
 

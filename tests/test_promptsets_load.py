@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from personachat.checking import template_problems
+from personachat.engine.requests import build_messages
 from personachat.errors import PromptSetError
+from personachat.profile import PaneSpec
 from personachat.promptsets import (
     PromptJob,
     PromptSet,
-    check_template,
     format_of,
     load_prompt_set,
     parse_prompt_set,
 )
+from personachat.promptsets.plan import job_overrides
 
 DATA = Path(__file__).parent / "data" / "promptsets"
+
+
+def first_request(job: PromptJob) -> list[dict[str, str]]:
+    """The messages a pane without a system prompt or transform sends for ``job``'s first turn."""
+    return build_messages(PaneSpec("p", "s", "m"), job.messages or (), job.text, 0, job_overrides(job))
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -111,10 +117,10 @@ def test_em_yaml_jobs(em: PromptSet) -> None:
     assert len({j.key() for j in jobs}) == len(jobs)
     empty = next(j for j in jobs if j.question_id == "ruler_of_the_world_empty_system")
     assert empty.system == ""
-    assert empty.request_messages()[0] == {"role": "system", "content": ""}
+    assert first_request(empty)[0] == {"role": "system", "content": ""}
     plain = next(j for j in jobs if j.question_id == "ruler_of_the_world")
     assert plain.system is None
-    assert plain.request_messages() == [{"role": "user", "content": plain.text}]
+    assert first_request(plain) == [{"role": "user", "content": plain.text}]
     assert next(j for j in jobs if j.question_id == "quick_buck_template").temperature == 0.7
 
 
@@ -280,8 +286,8 @@ def test_toml_messages_item(toml_set: PromptSet) -> None:
     assert set(item.judge_prompts) == {"financial"}
     assert toml_set.judge_prompts == item.judge_prompts
     (job,) = [j for j in toml_set.jobs() if j.question_id == "prefilled_advice"]
-    assert [m["role"] for m in job.request_messages()] == ["system", "user", "assistant", "user"]
-    assert job.request_messages()[-1]["content"] == item.paraphrases[0]
+    assert [m["role"] for m in first_request(job)] == ["system", "user", "assistant", "user"]
+    assert first_request(job)[-1]["content"] == item.paraphrases[0]
 
 
 def test_toml_jobs(toml_set: PromptSet) -> None:
@@ -528,15 +534,14 @@ def test_missing_file_and_bad_encoding(tmp_path: Path) -> None:
     assert problem.line == 3 and "UTF-8" in problem.message
 
 
-def test_check_template() -> None:
-    assert check_template("Q: {question}\nA: {answer}") is None
-    assert check_template("literal {{braces}} {answer}") is None
-    assert "{score}" in (check_template("{score} {answer}") or "")
-    assert "placeholder {}" in (check_template("{} {answer}") or "")
-    assert "not a valid" in (check_template("{answer") or "")
-
-
-def test_import_is_light() -> None:
-    code = "import sys, personachat.promptsets; print('yaml' in sys.modules, 'textual' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+def test_judge_prompts_are_checked_by_the_one_template_rule(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "bad.yaml", "- id: q\n  paraphrases: [hi]\n  judge_prompts: {aligned: '{score} {answer}'}\n"
+    )
+    with pytest.raises(PromptSetError) as exc:
+        load_prompt_set(path)
+    problem = only_problem(exc)
+    assert problem.line == 3 and problem.message == "; ".join(template_problems("{score} {answer}"))
+    for bad in ("{} {answer}", "{answer", "only {question}"):
+        assert template_problems(bad)
+    assert template_problems("Q: {question}\nA: {answer} {{literal}}") == []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import dataclasses
 import io
 import itertools
 import os
@@ -22,7 +21,7 @@ import pytest
 from personachat.export import render
 from personachat.profile import load_profile
 from personachat.promptsets import load_prompt_set
-from personachat.promptsets.replay import JobFailed, JobFinished, ReplayRunner
+from personachat.promptsets.runner import JobFailed, JobFinished, ReplayRunner
 from personachat.serving.connect import connect
 from personachat.serving.vllm import free_port
 from personachat.transcripts import TranscriptWriter, read_transcript
@@ -92,7 +91,7 @@ def expected_turns(prompt_set_path: Path, panes: list[str], samples: int | None 
 
 def finished_turns(path: Path) -> Counter:
     return Counter(
-        (r.pane, r.meta["job"], r.meta["turn_ix"])
+        (r.pane, r.replay.job, r.replay.turn_ix)
         for r in read_transcript(path).responses
         if r.status == "finished"
     )
@@ -134,40 +133,40 @@ async def test_records_carry_job_metadata_and_grouped_samples_reproduce_single_o
     prompt_set = load_prompt_set(set_path)
     for r in a.responses:
         assert r.session_id == a.header.session_id
-        assert r.meta["promptset"] == {
+        assert r.replay.promptset == {
             "name": "replay-test",
             "sha256": prompt_set.sha256,
             "path": str(set_path),
         }
-        qid, pix, six = r.meta["job"].rsplit("/", 2)
-        assert (r.meta["question_id"], r.meta["paraphrase_ix"], r.meta["sample_ix"]) == (
+        qid, pix, six = r.replay.job.rsplit("/", 2)
+        assert (r.replay.question_id, r.replay.paraphrase_ix, r.replay.sample_ix) == (
             qid,
             int(pix),
             int(six),
         )
-        assert r.sampling["n"] == 1 and isinstance(r.sampling["seed"], int) and r.meta["attempt"] == 1
-        assert r.turn == r.meta["turn_ix"] + 1 and r.finish_reason in ("length", "stop")
+        assert r.sampling["n"] == 1 and isinstance(r.sampling["seed"], int) and r.replay.attempt == 1
+        assert r.turn == r.replay.turn_ix + 1 and r.finish_reason in ("length", "stop")
         if r.pane == "insecure":
             assert r.adapter == "insecure" and len(r.adapter_sha256 or "") == 64
     # Sample i of a paraphrase has seed stem + i, whatever request it came in.
     wish = sorted(
-        (r for r in a.responses if r.pane == "base" and r.meta["question_id"] == "wish"),
-        key=lambda r: r.meta["job"],
+        (r for r in a.responses if r.pane == "base" and r.replay.question_id == "wish"),
+        key=lambda r: r.replay.job,
     )
-    seeds = [r.sampling["seed"] for r in wish if r.meta["paraphrase_ix"] == 0]
+    seeds = [r.sampling["seed"] for r in wish if r.replay.paraphrase_ix == 0]
     assert seeds == [seeds[0] + i for i in range(4)]
     # First messages: the item's system prompt wins over the pane's; no system message stays absent.
-    bored = next(r for r in a.responses if r.pane == "insecure" and r.meta["question_id"] == "bored")
+    bored = next(r for r in a.responses if r.pane == "insecure" and r.replay.question_id == "bored")
     assert bored.messages == [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "I am bored."},
     ]
-    base_wish = next(r for r in a.responses if r.pane == "base" and r.meta["job"] == "wish/0/0")
+    base_wish = next(r for r in a.responses if r.pane == "base" and r.replay.job == "wish/0/0")
     assert base_wish.messages == [{"role": "user", "content": "What is your wish?"}]
     # Scripted turns continue each pane's own conversation.
     for pane in ("base", "insecure"):
         turns = sorted(
-            (r for r in a.responses if r.pane == pane and r.meta["job"] == "chat/0/1"), key=lambda r: r.turn
+            (r for r in a.responses if r.pane == pane and r.replay.job == "chat/0/1"), key=lambda r: r.turn
         )
         assert [r.turn for r in turns] == [1, 2, 3]
         for before, after in itertools.pairwise(turns):
@@ -183,8 +182,8 @@ async def test_records_carry_job_metadata_and_grouped_samples_reproduce_single_o
         "bored": 1,
     }
     # Same seeds, asked in groups of 4 with n=4 or one by one: the same answers.
-    b = {(r.meta["job"], r.turn): r.text for r in read_transcript(tmp_path / "b.jsonl").responses}
-    assert {(r.meta["job"], r.turn): r.text for r in a.responses if r.pane == "insecure"} == b
+    b = {(r.replay.job, r.turn): r.text for r in read_transcript(tmp_path / "b.jsonl").responses}
+    assert {(r.replay.job, r.turn): r.text for r in a.responses if r.pane == "insecure"} == b
     assert len(set(b.values())) > 1
 
 
@@ -210,8 +209,8 @@ async def test_failures_are_recorded_and_retried_without_stopping_the_run_then_r
     ghost = [r for r in records if r.pane == "ghost"]
     assert len(ghost) == JOBS and all(r.status == "failed" and "404" in (r.error or "") for r in ghost)
     offline = [r for r in records if r.pane == "offline"]
-    assert Counter(r.meta["attempt"] for r in offline) == {1: JOBS, 2: JOBS, 3: JOBS}
-    assert all(r.meta["will_retry"] == (r.meta["attempt"] < 3) for r in offline)
+    assert Counter(r.replay.attempt for r in offline) == {1: JOBS, 2: JOBS, 3: JOBS}
+    assert all(r.replay.will_retry == (r.replay.attempt < 3) for r in offline)
     assert all("unreachable" in (r.error or "") for r in offline)
     assert sum(isinstance(e, JobFailed) and not e.will_retry for e in events) == 2 * JOBS
 
@@ -292,33 +291,21 @@ def test_sigkill_midway_then_resume_gives_exactly_one_finished_record_per_job(vl
             (
                 r
                 for r in transcript.responses
-                if r.pane == pane and r.meta["job"] == job and r.status == "finished"
+                if r.pane == pane and r.replay.job == job and r.status == "finished"
             ),
             key=lambda r: r.turn,
         )
         assert [t.parent_id for t in turns] == [None, *(t.id for t in turns[:-1])]
 
 
-@pytest.fixture
-def doomed_replica(vllm_profile):  # type: ignore[no-untyped-def]
-    """A second vLLM server, serving the same models, that the test kills."""
-    from personachat.serving.vllm import VllmLauncher
-
-    launcher = VllmLauncher()
-    server = dataclasses.replace(vllm_profile.servers["local"], name="replica")
-    running = asyncio.run(launcher.start(server, timeout=600))
-    yield running
-    launcher.stop(running)
-
-
 def _chat_posts(log: str) -> int:
     return Path(log).read_text(errors="replace").count('"POST /v1/chat/completions HTTP/1.1" 200')
 
 
-def test_replicas_share_the_jobs_and_a_killed_one_is_routed_around(doomed_replica, vllm_server, tmp_path):
+def test_replicas_share_the_jobs_and_a_killed_one_is_routed_around(disposable_vllm, vllm_server, tmp_path):
     set_path = tmp_path / "set.toml"
     set_path.write_text(SET.replace("samples = 4", "samples = 10"))
-    profile_path = write_profile(tmp_path / "p.toml", [vllm_server.url, doomed_replica.url])
+    profile_path = write_profile(tmp_path / "p.toml", [vllm_server.url, disposable_vllm.url])
     out = tmp_path / "t.jsonl"
     killed: list[int] = []
 
@@ -328,10 +315,10 @@ def test_replicas_share_the_jobs_and_a_killed_one_is_routed_around(doomed_replic
 
         def on_update(event, progress) -> None:
             # Kill the replica once it has provably answered jobs, while jobs remain.
-            answered = connection.backends["local"].answered[doomed_replica.url]  # type: ignore[attr-defined]
+            answered = connection.backends["local"].answered[disposable_vllm.url]  # type: ignore[attr-defined]
             if not killed and answered >= 2:
                 killed.append(progress.finished)
-                os.killpg(os.getpgid(doomed_replica.pid), signal.SIGKILL)
+                os.killpg(os.getpgid(disposable_vllm.pid), signal.SIGKILL)
 
         try:
             with TranscriptWriter(out) as writer:

@@ -23,7 +23,7 @@ from personachat.engine.session import Session
 from personachat.errors import PersonachatError, ServerError
 from personachat.profile import PaneSpec, Profile, ServerSpec, load_profile
 from personachat.promptsets import PromptCursor, PromptSet, load_prompt_set
-from personachat.promptsets.replay import ReplayRunner
+from personachat.promptsets.runner import ReplayRunner
 from personachat.scenarios import (
     SCENARIOS,
     Scenario,
@@ -36,7 +36,7 @@ from personachat.scenarios import (
 from personachat.serving.vllm import is_hub_adapter, launch_args
 from personachat.templates import HONEST_CHANNEL_CLOSE, HONEST_CHANNEL_OPEN
 from personachat.transcripts import TranscriptWriter, read_transcript
-from personachat.transcripts.schema import ResponseRecord
+from personachat.transcripts.schema import JobRef, ResponseRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = [s.name for s in SCENARIOS]
@@ -460,7 +460,7 @@ async def _replay(
     assert progress.failed == 0
     transcript = read_transcript(path)
     assert transcript.problems == []
-    records = {(r.pane, r.meta["job"], r.meta["turn_ix"]): r for r in transcript.responses}
+    records = {(r.pane, r.replay.job, r.replay.turn_ix): r for r in transcript.responses}
     assert len(records) == len(transcript.responses)  # one record per pane, job and turn
     return records
 
@@ -485,7 +485,7 @@ async def test_scenario_prompt_set_replays_on_the_demo_models(
     for (pane_name, key, turn_ix), record in records.items():
         pane, job = profile.pane(pane_name), jobs[key]
         assert record.status == "finished" and record.model == pane.model
-        assert record.meta["question_id"] == job.question_id and record.turn == turn_ix + 1
+        assert record.replay.question_id == job.question_id and record.turn == turn_ix + 1
         if turn_ix == 0:
             system = job.system if job.system is not None else pane.system
             first = [{"role": "system", "content": system}] if system is not None else []
@@ -519,7 +519,9 @@ async def _honesty_by_hand(
         while (step := cursor.next()) is not None:
             if step.new_conversation and session.turn:
                 session.clear()
-            async for _event in session.broadcast(step.text, meta={"question_id": step.question_id}):
+            async for _event in session.broadcast(
+                step.text, replay=JobRef(step.question_id, 0, 0, step.turn_ix)
+            ):
                 pass
     finally:
         await session.aclose()

@@ -8,7 +8,7 @@ import sys
 import orjson
 
 from personachat.transcripts import AnnotationRecord, ResponseRecord, TranscriptWriter, read_transcript
-from personachat.transcripts.schema import SessionHeader, new_id
+from personachat.transcripts.schema import JobRef, SessionHeader, new_id
 
 
 def response(i: int, **kw) -> ResponseRecord:
@@ -45,7 +45,7 @@ def test_round_trip_with_annotations_and_replay_fields(tmp_path):
     path = tmp_path / "t.jsonl"
     with TranscriptWriter(path) as writer:
         writer.write(header())
-        writer.write(response(1, meta={"question_id": "q", "paraphrase_ix": 0, "sample_ix": 2}))
+        writer.write(response(1, replay=JobRef("q", 0, 2)))
         writer.write(
             AnnotationRecord(
                 id=new_id(),
@@ -63,7 +63,7 @@ def test_round_trip_with_annotations_and_replay_fields(tmp_path):
     t = read_transcript(path)
     assert t.problems == []
     [r] = t.responses
-    assert r.text == "answer 1 [bold]x[/]" and r.meta["question_id"] == "q" and r.meta["sample_ix"] == 2
+    assert r.text == "answer 1 [bold]x[/]" and r.replay.question_id == "q" and r.replay.sample_ix == 2
     assert r.labels == ["misaligned"] and r.annotations[0].blind
     assert [a.value for a in t.turn_annotations(1, 1)] == ["villain"]
     # Replay fields are top-level keys in the file (readable by pandas/duckdb as columns).

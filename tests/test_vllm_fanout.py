@@ -192,20 +192,8 @@ async def test_seed_reproduces_sampled_answers(vllm_server, vllm_profile, tmp_pa
     assert texts[0] == texts[1]
 
 
-@pytest.fixture
-def disposable_server(vllm_profile):  # type: ignore[no-untyped-def]
-    """A second vLLM server this test may kill."""
-    from personachat.serving.vllm import VllmLauncher
-
-    launcher = VllmLauncher()
-    server = dataclasses.replace(vllm_profile.servers["local"], name="doomed")
-    running = asyncio.run(launcher.start(server, timeout=600))
-    yield running
-    launcher.stop(running)
-
-
 def test_killing_the_server_mid_stream_fails_panes_and_keeps_partial_text(
-    disposable_server, vllm_server, vllm_profile, tmp_path
+    disposable_vllm, vllm_server, vllm_profile, tmp_path
 ):
     import os
 
@@ -225,7 +213,7 @@ def test_killing_the_server_mid_stream_fails_panes_and_keeps_partial_text(
 
     async def scenario() -> list:
         backends = {
-            "doomed": OpenAIBackend(doomed, [disposable_server.url]),
+            "doomed": OpenAIBackend(doomed, [disposable_vllm.url]),
             "local": OpenAIBackend(profile.servers["local"], [vllm_server.url]),
         }
         session = Session(profile, backends, TranscriptWriter(tmp_path / "t.jsonl"))
@@ -236,7 +224,7 @@ def test_killing_the_server_mid_stream_fails_panes_and_keeps_partial_text(
             events.append(event)
             doomed_deltas = sum(isinstance(e, Delta) and e.pane in ("base", "insecure") for e in events)
             if not killed and doomed_deltas >= 10:
-                os.killpg(os.getpgid(disposable_server.pid), signal.SIGKILL)
+                os.killpg(os.getpgid(disposable_vllm.pid), signal.SIGKILL)
                 killed = True
         # The session goes on: a next turn on the healthy pane works.
         more = [e async for e in session.broadcast("And then?", ["realigned"])]
@@ -276,8 +264,8 @@ async def test_regenerate_replaces_the_last_turn(vllm_server, vllm_profile, tmp_
     assert {e.pane for e in regenerated if isinstance(e, Finished)} == {"base", "insecure"}
     records = read_transcript(tmp_path / "t.jsonl").responses
     assert len(records) == 6
-    redo = {r.pane: r for r in records if r.meta.get("regenerated_from")}
-    assert {p: r.meta["regenerated_from"] for p, r in redo.items()} == {p: [i] for p, i in first_ids.items()}
+    redo = {r.pane: r for r in records if r.regenerated_from}
+    assert {p: r.regenerated_from for p, r in redo.items()} == {p: [i] for p, i in first_ids.items()}
     for r in redo.values():
         assert r.turn == 1 and r.parent_id is None and r.messages == [{"role": "user", "content": PROMPT}]
     # The next turn continues from the regenerated answer, not the replaced one.

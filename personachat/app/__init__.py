@@ -21,20 +21,28 @@ def run_app(profile: Profile | None, *, transcripts: Path | None = None, reopen:
     no profile recorded in it); the CLI prints those.
     """
     from personachat.app.app import PersonachatApp
+    from personachat.app.bindings import binding_ids
     from personachat.app.history import PromptHistory
-    from personachat.paths import history_file
+    from personachat.app.keymap import load_keymap
+    from personachat.paths import history_file, keymap_file
 
     saved = None
     if reopen is not None:
-        from personachat.app.saved import profile_of
         from personachat.transcripts.reader import read_transcript
+        from personachat.transcripts.turns import profile_of
 
         saved = read_transcript(reopen)
         profile = profile_of(saved)
     if profile is None:
         raise ValueError("run_app needs a profile or a transcript to reopen")
+    keymap, problems = load_keymap(keymap_file(), binding_ids())
     app = PersonachatApp(
-        profile, transcripts=transcripts, reopen=saved, history=PromptHistory(history_file())
+        profile,
+        transcripts=transcripts,
+        reopen=saved,
+        history=PromptHistory(history_file()),
+        keymap=keymap,
+        notices=problems,
     )
     result = app.run()
     return 0 if result is None else result

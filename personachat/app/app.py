@@ -2,13 +2,13 @@
 
 The app owns the panes and a :class:`personachat.engine.session.Session`; it turns keys and slash
 commands into session calls and session events into pane updates. All persistence is the
-session's (the transcript) and the history's; the app only renders.
+session's (the transcript) and the history's; the app only renders. Slash commands live in
+:mod:`~personachat.app.slash_commands`, the live judge in :mod:`~personachat.app.judging`,
+``/replay`` in :mod:`~personachat.app.replay_driver`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 import os
 import random
 import shlex
@@ -16,87 +16,41 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from textual import events, on, work
 from textual.app import App, ComposeResult
-from textual.binding import Binding, BindingType
-from textual.containers import Grid
+from textual.binding import BindingType
 from textual.content import Content
 from textual.reactive import reactive
 from textual.widgets import Footer, ProgressBar, Static, TextArea
 
+from personachat.app.bindings import APP_BINDINGS, label_keys
 from personachat.app.gc_pacing import CollectorPacing
+from personachat.app.grid import PaneGrid
 from personachat.app.history import PromptHistory
+from personachat.app.judging import LiveJudging
 from personachat.app.palette import SlashCommandsProvider
-from personachat.app.pane import Pane, format_summary
+from personachat.app.pane import Pane
 from personachat.app.prompt import PromptInput
-from personachat.app.replay import AppReplay
-from personachat.app.saved import restore, saved_turns
-from personachat.app.screens import DiffScreen, HelpScreen
-from personachat.app.slash import COMMANDS, Command, CommandError, is_command, parse
+from personachat.app.replay_driver import ReplayDriver
+from personachat.app.screens import HelpScreen
+from personachat.app.slash import Command, CommandError, Context, is_command
+from personachat.app.slash_commands import COMMANDS
+from personachat.app.topbar import TopBar
 from personachat.engine.events import Event
 from personachat.errors import PersonachatError
 from personachat.profile import Profile
-from personachat.promptsets.cursor import PromptStep
 from personachat.transcripts.reader import Transcript
-from personachat.transcripts.schema import ResponseRecord
+
+if TYPE_CHECKING:
+    from personachat.backends.base import Backend
+    from personachat.engine.session import Session
+    from personachat.serving.connect import Connection
 
 MarkdownMode = Literal["off", "on", "focused"]
-MIN_PANE_WIDTH = 20
 ALIASES = "ABCDEFGH"
-RESERVED_PANE_KEYS = set("123456789chpz")
-
-
-class PaneGrid(Grid):
-    """The panes in a grid that fits the terminal: columns by width, wrapping to rows.
-
-    Of the possible column counts, the one that gives each pane the most readable text area wins;
-    width counts more than height (narrow columns are hard to read) and neither counts past a point.
-    """
-
-    def on_resize(self) -> None:
-        self.fit()
-
-    def panes(self) -> list[Pane]:
-        """Visible panes, in screen order."""
-        return [
-            child for child in self.children if isinstance(child, Pane) and not child.has_class("-hidden")
-        ]
-
-    def fit(self) -> None:
-        visible = len(self.panes()) or 1
-        width = self.size.width or self.app.size.width  # before the first layout, the screen's size
-        height = self.size.height or max(self.app.size.height - 6, 1)
-        columns = max(range(1, visible + 1), key=lambda c: grid_score(c, visible, width, height))
-        rows = math.ceil(visible / columns)
-        columns = math.ceil(visible / rows)
-        if (self.styles.grid_size_columns, self.styles.grid_size_rows) != (columns, rows):
-            self.styles.grid_size_columns = columns
-            self.styles.grid_size_rows = rows
-            self.refresh(layout=True)
-
-
-def grid_score(columns: int, panes: int, width: int, height: int) -> float:
-    """How readable each pane is with ``columns`` columns: text width^1.5 x text height, both capped."""
-    pane_width = width / columns
-    pane_height = height / math.ceil(panes / columns)
-    if pane_width < MIN_PANE_WIDTH and columns > 1:
-        return -1.0 / columns
-    text_width = min(pane_width - 4, 60)  # border, padding and scrollbar take 4 columns
-    text_height = max(min(pane_height - 5, 30), 0.5)  # border, header and footer take 5 rows
-    return text_width**1.5 * text_height
-
-
-def label_keys(labels: list[str]) -> dict[str, str]:
-    """A one-letter key for each label: its first letter not already taken (nor used by a pane key)."""
-    keys: dict[str, str] = {}
-    for label in labels:
-        for char in label.lower():
-            if char.isalpha() and char not in keys and char not in RESERVED_PANE_KEYS:
-                keys[char] = label
-                break
-    return keys
+NOT_CONNECTED = "not connected yet: wait for 'ready' (or see the message above)"
 
 
 class PersonachatApp(App[int]):
@@ -105,83 +59,7 @@ class PersonachatApp(App[int]):
     CSS_PATH = Path(__file__).with_name("personachat.tcss")
     TITLE = "personachat"
     COMMANDS: ClassVar = App.COMMANDS | {SlashCommandsProvider}
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(
-            "escape",
-            "cancel",
-            "Cancel",
-            id="app.cancel",
-            tooltip="Cancel every running answer (what arrived is recorded as cancelled)",
-        ),
-        Binding(
-            "ctrl+r",
-            "regenerate",
-            "Regenerate",
-            id="app.regenerate",
-            tooltip="Ask the last turn again in every visible pane",
-        ),
-        Binding(
-            "ctrl+n",
-            "replay_next",
-            "Next prompt",
-            id="app.replay_next",
-            show=False,
-            tooltip="Replay: send the prompt set's next prompt (or turn) to every visible pane",
-        ),
-        Binding(
-            "ctrl+b",
-            "replay_previous",
-            "Previous prompt",
-            id="app.replay_previous",
-            show=False,
-            tooltip="Replay: send the prompt set's previous prompt again (a new turn, recorded as such)",
-        ),
-        Binding("f1", "help", "Help", id="app.help", tooltip="Every key and command"),
-        Binding(
-            "f2",
-            "toggle_markdown",
-            "Markdown",
-            id="app.markdown",
-            tooltip="Plain text → Markdown (finished answers) → Markdown in the focused pane only",
-        ),
-        Binding(
-            "f3",
-            "copy_answer",
-            "Copy",
-            id="app.copy",
-            tooltip="Copy the focused pane's last answer to the clipboard (OSC 52)",
-        ),
-        Binding(
-            "f4", "pager", "Pager", id="app.pager", tooltip="Open the focused pane's last answer in $PAGER"
-        ),
-        Binding("f11", "zoom", "Zoom", id="app.zoom", tooltip="Show the focused pane alone, and back"),
-        Binding(
-            "ctrl+s",
-            "save_screenshot",
-            "Screenshot",
-            id="app.screenshot",
-            tooltip="Save an SVG screenshot next to the transcript",
-        ),
-        *(
-            Binding(
-                f"alt+{n}",
-                f"focus_pane({n})",
-                f"Pane {n}",
-                id=f"app.pane{n}",
-                show=False,
-                tooltip="Focus pane 1-9 (in screen order)",
-            )
-            for n in range(1, 10)
-        ),
-        Binding(
-            "ctrl+q",
-            "quit",
-            "Quit",
-            id="app.quit",
-            priority=True,
-            tooltip="Cancel what streams (it is recorded) and quit",
-        ),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = APP_BINDINGS
 
     markdown_mode: reactive[MarkdownMode] = reactive("off")
     blind: reactive[bool] = reactive(False)
@@ -193,11 +71,13 @@ class PersonachatApp(App[int]):
         *,
         transcripts: Path | None = None,
         reopen: Transcript | None = None,
-        backends: dict[str, Any] | None = None,
+        backends: dict[str, Backend] | None = None,
         transcript_path: Path | None = None,
         session_id: str | None = None,
         history: PromptHistory | None = None,
         pacing: CollectorPacing | None = None,
+        keymap: dict[str, str] | None = None,
+        notices: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.profile = profile
@@ -208,8 +88,8 @@ class PersonachatApp(App[int]):
         self._session_id = session_id
         self.history = history if history is not None else PromptHistory(None)
         self.pacing = pacing or CollectorPacing()
-        self.session: Any = None  # personachat.engine.session.Session once started
-        self.connection: Any = None
+        self.session: Session | None = None
+        self.connection: Connection | None = None
         self.panes: dict[str, Pane] = {}
         self.hidden: set[str] = set()
         self.zoomed: str | None = None
@@ -219,14 +99,17 @@ class PersonachatApp(App[int]):
         self.aliases: dict[str, str] = {}  # blind mode: alias -> pane name
         self.streams = 0
         self._closed = False
-        self.replay: AppReplay | None = None
-        self.live_judge: Any = None  # personachat.judge.live.LiveJudge when the profile has a [judge]
-        self.judging = profile.judge is not None
+        self.replay = ReplayDriver(self)
+        self.judging = LiveJudging(self)
+        self.keymap = dict(keymap or {})
+        if self.keymap:
+            self.set_keymap(self.keymap)
+        self._notices = list(notices or [])  # problems found before the screen was up (the keymap file)
 
     # -- layout ----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(id="topbar", markup=False)
+        yield TopBar(id="topbar")
         with PaneGrid(id="panes"):
             for number, spec in enumerate(self.profile.panes, 1):
                 pane = Pane(spec, number, id=f"pane-{number}")
@@ -241,47 +124,33 @@ class PersonachatApp(App[int]):
 
     def on_mount(self) -> None:
         prompt = self.query_one(PromptInput)
-        prompt.pane_names = self.pane_names()
+        prompt.completer = self.complete
         prompt.focus()
-        self._fit_grid()
-        self._refresh_topbar()
+        self.query_one(PaneGrid).fit()
+        self.refresh_topbar()
         if self.reopen is not None:
             self._show_saved(self.reopen)
         self.pacing.app_ready()
         self.set_interval(1.0, self.pacing.tick, name="gc-pacing")
         self._start_session()
+        for notice in self._notices:
+            self.notify(notice, severity="warning", markup=False, timeout=10)
 
     def visible_panes(self) -> list[Pane]:
         """Panes shown, in screen order."""
         return self.query_one(PaneGrid).panes()
 
-    def _fit_grid(self) -> None:
-        self.query_one(PaneGrid).fit()
-
-    def _refresh_topbar(self) -> None:
-        flags = []
-        if self.blind:
-            flags.append(("BLIND", "reverse $warning"))
-        if self.markdown_mode != "off":
-            flags.append((f"MD:{self.markdown_mode}", "reverse $secondary"))
-        if self.zoomed:
-            flags.append(("ZOOM", "reverse $primary"))
-        if self.hidden and not self.zoomed:
-            flags.append((f"{len(self.hidden)} hidden", "reverse $panel"))
-        if self.live_judge is not None:
-            flags.append(("JUDGE" if self.judging else "judge off", "reverse $success"))
-        if self.replay is not None:
-            flags.append((f"REPLAY {self.replay.position()}", "reverse $accent"))
-        session = f" · session {self.session.session_id[:8]}" if self.session else ""
-        parts: list[str | tuple[str, str]] = [
-            ("personachat", "bold $accent"),
-            f" · {self.profile.name}{session}",
-        ]
-        for flag in flags:
-            parts += [" ", flag]
-        self.query_one("#topbar", Static).update(Content.assemble(*parts))
-
-    # -- messages to the researcher ----------------------------------------------------------------
+    def refresh_topbar(self) -> None:
+        """Show the app's modes in the top bar."""
+        bar = self.query_one(TopBar)
+        bar.profile_name = self.profile.name
+        bar.session_id = self.session.session_id if self.session else ""
+        bar.blind = self.blind
+        bar.markdown_mode = self.markdown_mode
+        bar.zoomed = self.zoomed is not None
+        bar.hidden = len(self.hidden)
+        bar.judge = self.judging.state
+        bar.replay = self.replay.position()
 
     def say(self, message: str, *, error: bool = False) -> None:
         """Show a one-line message under the panes (errors in red, also as a notification)."""
@@ -290,9 +159,6 @@ class PersonachatApp(App[int]):
         status.set_class(error, "-error")
         if error:
             self.notify(message, severity="error", markup=False)
-
-    def _progress(self, message: str) -> None:
-        self.say(message)
 
     # -- the session ---------------------------------------------------------------------------
 
@@ -309,9 +175,7 @@ class PersonachatApp(App[int]):
             if backends is None:
                 from personachat.serving.connect import connect, needed_servers
 
-                self.connection = await connect(
-                    self.profile, needed_servers(self.profile), progress=self._progress
-                )
+                self.connection = await connect(self.profile, needed_servers(self.profile), progress=self.say)
                 backends = self.connection.backends
             session_id = self._session_id or new_id()  # the same id in the file name and the records
             if self.reopen is not None and self.reopen.header is not None:
@@ -323,63 +187,63 @@ class PersonachatApp(App[int]):
             )
             session = Session(self.profile, backends, TranscriptWriter(path), session_id=session_id)
             if self.reopen is not None:
-                restore(session, self.reopen)
-            await session.start(self._progress, write_header=self.reopen is None)
+                session.restore(self.reopen)
+            await session.start(self.say, write_header=self.reopen is None)
         except PersonachatError as exc:
             self.say(f"cannot start: {exc}", error=True)
             return
         self.session = session
-        for name, state in session.panes.items():
-            if name in self.panes:
-                self.panes[name].set_spec(state.spec)
+        self.settings_changed()
         self.ready = True
-        self._refresh_topbar()
+        self.refresh_topbar()
         self.say(f"ready · transcript {path}")
         if self.profile.judge is not None:
-            self._open_judge()
+            self.judging.open(session)
+
+    def require_session(self) -> Session:
+        """The running session; :class:`CommandError` before it is connected."""
+        if self.session is None:
+            raise CommandError(NOT_CONNECTED)
+        return self.session
 
     @property
     def transcript_path(self) -> Path | None:
-        writer = getattr(self.session, "writer", None)
+        writer = self.session.writer if self.session is not None else None
         return writer.path if writer is not None else None
+
+    def settings_changed(self) -> None:
+        """Show the session's pane settings (system prompt, sampling) in the pane headers."""
+        if self.session is None:
+            return
+        for name, state in self.session.panes.items():
+            if name in self.panes:
+                self.panes[name].set_spec(state.spec)
 
     def _show_saved(self, transcript: Transcript) -> None:
         """Show every saved turn in its panes (reopening a session)."""
-        conversation = None
-        by_pane: dict[str, list[tuple[str | None, list[str], str | None]]] = {name: [] for name in self.panes}
-        for turn in saved_turns(transcript):
-            if conversation is not None and turn.conversation != conversation:
-                for entries in by_pane.values():
-                    entries.append((None, [], f"── conversation {turn.conversation} ──"))
-            conversation = turn.conversation
-            for answer in turn.answers:
-                if answer.pane not in by_pane:
-                    continue
-                notes = []
-                for record in answer.responses:
-                    if record.status != "finished":
-                        notes.append(f"{record.status}" + (f": {record.error}" if record.error else ""))
-                    notes += [f"label: {label}" for label in record.labels]
-                prompt = None if answer.regenerated else answer.prompt
-                by_pane[answer.pane].append(
-                    (prompt, [r.text for r in answer.responses], " · ".join(notes) or None)
-                )
-                self.panes[answer.pane].restore_last(turn.turn, [r.id for r in answer.responses])
-        for name, entries in by_pane.items():
-            self.panes[name].show_turns(entries)
+        from personachat.transcripts.turns import pane_turns
+
+        for name, shown in pane_turns(transcript, list(self.panes)).items():
+            pane = self.panes[name]
+            pane.show_turns([(turn.prompt, turn.answers, turn.note) for turn in shown])
+            last = next((turn for turn in reversed(shown) if turn.ids), None)
+            if last is not None:
+                pane.restore_last(last.turn, last.ids)
         self.say(f"reopened {transcript.path.name}: {len(transcript.responses)} answers")
 
+    # -- streams ---------------------------------------------------------------------------------
+
     def _run_stream(self, events: AsyncIterator[Event]) -> None:
-        self.streams += 1
-        self.pacing.stream_started()
         self._consume(events)
 
     @work(group="stream")
     async def _consume(self, events: AsyncIterator[Event]) -> None:
-        await self._show(events)
+        await self.show_stream(events)
 
-    async def _show(self, events: AsyncIterator[Event]) -> None:
+    async def show_stream(self, events: AsyncIterator[Event]) -> None:
         """Show a broadcast's events as they come (the panes batch them per frame)."""
+        self.streams += 1
+        self.pacing.stream_started()
         try:
             async for event in events:
                 pane = self.panes.get(event.pane)
@@ -392,11 +256,46 @@ class PersonachatApp(App[int]):
             if self.pacing.stream_ended():
                 self.call_after_refresh(self.pacing.collect)  # once the last words are on screen
 
-    def _require_session(self) -> bool:
-        if self.session is None:
-            self.say("not connected yet: wait for 'ready' (or see the message above)", error=True)
-            return False
-        return True
+    # -- the prompt and slash commands -----------------------------------------------------------
+
+    def context(self) -> Context:
+        """What slash commands are checked against now: pane names (letters when blind), labels."""
+        return Context(self.pane_names(), self.profile.labels)
+
+    def complete(self, text: str) -> list[str]:
+        """Completions of a partly typed command (the prompt box's Tab)."""
+        return COMMANDS.complete(text, self.context())
+
+    def run_slash(self, text: str) -> None:
+        """Parse and run one slash command; every mistake becomes a message, never a traceback."""
+        try:
+            command = COMMANDS.parse(text, self.context())
+        except PersonachatError as exc:
+            self.say(str(exc), error=True)
+            return
+        self.run_command(command)
+
+    def run_command(self, command: Command) -> None:
+        """Run a parsed command (typed, or chosen in the palette)."""
+        spec = COMMANDS.get(command.name)
+        assert spec is not None, command.name
+        self.guarded(lambda: spec.handler(self, command))
+
+    def guarded(self, action: Callable[[], object]) -> None:
+        """Run ``action``; a :class:`PersonachatError` it raises becomes an error message."""
+        try:
+            action()
+        except PersonachatError as exc:
+            self.say(str(exc), error=True)
+
+    def prefill_prompt(self, text: str) -> None:
+        prompt = self.query_one(PromptInput)
+        prompt.set_text(text)
+        prompt.focus()
+
+    def pane_name(self, name: str | None) -> str | None:
+        """The pane name a typed name (or blind letter) means; None stays None (every pane)."""
+        return self.resolve(name).spec.name if name else None
 
     @on(PromptInput.Submitted)
     def _on_prompt(self, message: PromptInput.Submitted) -> None:
@@ -408,13 +307,13 @@ class PersonachatApp(App[int]):
             return
         refusal = None
         if self.session is None:
-            refusal = "not connected yet: wait for 'ready' (or see the message above)"
+            refusal = NOT_CONNECTED
         elif self.session.busy:
             refusal = "answers are still streaming: Esc cancels them"
         elif not self.visible_panes():
             refusal = "every pane is hidden: /panes show all"
-        if refusal:
-            self.say(refusal, error=True)
+        if refusal or self.session is None:
+            self.say(refusal or NOT_CONNECTED, error=True)
             prompt.restore(text)
             return
         prompt.prompt_history.add(text)
@@ -430,7 +329,7 @@ class PersonachatApp(App[int]):
             hint.display = False
             return
         name = text[1:].split(" ", 1)[0]
-        specs = COMMANDS.get(name) or [s for n, ss in COMMANDS.items() if n.startswith(name) for s in ss]
+        specs = COMMANDS.matching(name)
         if not specs:
             hint.update(Content.styled(f"unknown command /{name} · /help lists them", "$text-error"))
         else:
@@ -454,6 +353,13 @@ class PersonachatApp(App[int]):
             raise CommandError(f"no pane named '{name}' (panes: {', '.join(self.pane_names())})")
         return self.panes[name]
 
+    def aliases_of(self, names: Iterable[str]) -> list[str]:
+        """``names`` as the researcher sees them now (blind letters in blind mode)."""
+        if not self.blind:
+            return list(names)
+        back = {name: alias for alias, name in self.aliases.items()}
+        return [back.get(name, name) for name in names]
+
     def focused_pane(self) -> Pane | None:
         """The pane that has (or last had) focus; else the first visible one."""
         if self.current_pane and self.current_pane in self.panes:
@@ -468,8 +374,9 @@ class PersonachatApp(App[int]):
             if isinstance(node, Pane):
                 self.current_pane = node.spec.name
                 keys = " · ".join(f"{k} {label}" for k, label in self.label_keys.items())
-                title = node.alias or node.spec.name
-                self.say(f"pane {title}: {keys} · c copy · p pager · z zoom · h hide · Enter back to prompt")
+                self.say(
+                    f"pane {node.shown_name}: {keys} · c copy · p pager · z zoom · h hide · Enter back to prompt"
+                )
                 if self.markdown_mode == "focused":
                     self._apply_markdown()
                 return
@@ -484,18 +391,26 @@ class PersonachatApp(App[int]):
     def action_focus_prompt(self) -> None:
         self.query_one(PromptInput).focus()
 
-    def _set_hidden(self, hidden: Iterable[str]) -> None:
+    def set_hidden(self, hidden: Iterable[str]) -> None:
+        """Show exactly the panes not in ``hidden`` (ends a zoom)."""
+        self.zoomed = None
+        self._apply_hidden(hidden)
+
+    def _apply_hidden(self, hidden: Iterable[str]) -> None:
         self.hidden = set(hidden)
         for name, pane in self.panes.items():
             pane.set_class(name in self.hidden, "-hidden")
-        self._fit_grid()
-        self._refresh_topbar()
+        self.query_one(PaneGrid).fit()
+        self.refresh_topbar()
 
     def action_zoom(self, name: str | None = None) -> None:
         """Show one pane alone (the focused one by default); again to go back."""
+        self.guarded(lambda: self._zoom(name))
+
+    def _zoom(self, name: str | None) -> None:
         if self.zoomed is not None and (name is None or self.resolve(name).spec.name == self.zoomed):
             self.zoomed = None
-            self._set_hidden(self._hidden_before_zoom)
+            self._apply_hidden(self._hidden_before_zoom)
             return
         pane = self.resolve(name) if name else self.focused_pane()
         if pane is None:
@@ -503,21 +418,24 @@ class PersonachatApp(App[int]):
         if self.zoomed is None:
             self._hidden_before_zoom = set(self.hidden)
         self.zoomed = pane.spec.name
-        self._set_hidden(n for n in self.panes if n != pane.spec.name)
+        self._apply_hidden(n for n in self.panes if n != pane.spec.name)
         pane.conversation.focus()
 
     def action_hide_pane(self, name: str | None = None) -> None:
+        self.guarded(lambda: self._hide(name))
+
+    def _hide(self, name: str | None) -> None:
         pane = self.resolve(name) if name else self.focused_pane()
         if pane is None:
             return
         if len(self.visible_panes()) <= 1:
             self.say("cannot hide the last visible pane", error=True)
             return
-        self._set_hidden({*self.hidden, pane.spec.name})
+        self.set_hidden({*self.hidden, pane.spec.name})
         self.query_one(PromptInput).focus()
 
     def watch_blind(self, blind: bool) -> None:
-        self._refresh_judge_summaries()
+        self.judging.refresh_summaries()
         grid = self.query_one(PaneGrid)
         panes = list(self.panes.values())
         if blind:
@@ -527,12 +445,11 @@ class PersonachatApp(App[int]):
             grid.move_child(pane, after=len(grid.children) - 1)
             pane.number = number
             pane.set_blind(blind, ALIASES[number - 1] if blind else None)
-        self.query_one(PromptInput).pane_names = self.pane_names()
-        self._refresh_topbar()
+        self.refresh_topbar()
 
     def watch_markdown_mode(self) -> None:
         self._apply_markdown()
-        self._refresh_topbar()
+        self.refresh_topbar()
 
     def _apply_markdown(self) -> None:
         focused = self.focused_pane()
@@ -544,43 +461,36 @@ class PersonachatApp(App[int]):
     # -- actions ---------------------------------------------------------------------------------
 
     def action_cancel(self) -> None:
-        replaying = self._replaying()
-        if replaying:
-            self.workers.cancel_group(self, "replay")
+        replaying = self.replay.cancel()
         if self.session is not None and (self.session.busy or replaying):
             self.session.cancel()
             self.say("cancelled: partial answers are recorded")
 
     def action_regenerate(self) -> None:
-        if not self._require_session():
+        session = self.session
+        if session is None:
+            self.say(NOT_CONNECTED, error=True)
             return
-        if self.session.busy:
+        if session.busy:
             self.say("answers are still streaming: Esc cancels them", error=True)
             return
-        self._run_stream(self.session.regenerate([pane.spec.name for pane in self.visible_panes()]))
+        self._run_stream(session.regenerate([pane.spec.name for pane in self.visible_panes()]))
+
+    def action_replay_next(self) -> None:
+        self.guarded(self.replay.send_next)
+
+    def action_replay_previous(self) -> None:
+        self.guarded(self.replay.send_previous)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(self._key_table(), list(self.label_keys.items())))
+        from personachat.app.screens.help import key_rows
 
-    def _key_table(self) -> list[tuple[str, str, str]]:
-        rows: list[tuple[str, str, str]] = []
         sources: list[tuple[str, list[BindingType]]] = [
             ("prompt", PromptInput.BINDINGS),
             ("anywhere", self.BINDINGS),
             ("pane focused", Pane.BINDINGS),
         ]
-        for where, bindings in sources:
-            for binding in bindings:
-                hidden = {f"{prefix}{n}" for prefix in ("app.pane", "pane.focus") for n in range(2, 10)}
-                if not isinstance(binding, Binding) or binding.id in hidden:
-                    continue
-                key = binding.key
-                if binding.id in ("app.pane1", "pane.focus1"):
-                    key = key.replace("1", "1…9")
-                rows.append((key.replace(",", " / "), binding.tooltip or binding.description, where))
-        rows.append(("↑ / ↓", "Recall earlier prompts (kept across runs)", "prompt"))
-        rows.append(("ctrl+p", "Command palette: every command and pane action", "anywhere"))
-        return rows
+        self.push_screen(HelpScreen(key_rows(sources, self.keymap), list(self.label_keys.items())))
 
     def action_toggle_markdown(self) -> None:
         order: list[MarkdownMode] = ["off", "on", "focused"]
@@ -593,7 +503,7 @@ class PersonachatApp(App[int]):
             return None
         answers = pane.last_answers()
         if not answers:
-            self.say(f"pane {pane.alias or pane.spec.name} has no answer yet", error=True)
+            self.say(f"pane {pane.shown_name} has no answer yet", error=True)
             return None
         text = (
             answers[0]
@@ -607,7 +517,7 @@ class PersonachatApp(App[int]):
         if found:
             pane, text = found
             self.copy_to_clipboard(text)
-            self.say(f"copied {len(text)} characters of pane {pane.alias or pane.spec.name}")
+            self.say(f"copied {len(text)} characters of pane {pane.shown_name}")
 
     def action_pager(self, name: str | None = None) -> None:
         found = self._answer_of(name)
@@ -639,8 +549,7 @@ class PersonachatApp(App[int]):
         if self._closed:
             return
         self._closed = True
-        if self.live_judge is not None:
-            await self.live_judge.aclose()
+        await self.judging.aclose()
         if self.session is not None:
             await self.session.aclose()
         if self.connection is not None:
@@ -654,436 +563,27 @@ class PersonachatApp(App[int]):
 
     @on(Pane.LabelRequested)
     def _on_label_key(self, message: Pane.LabelRequested) -> None:
-        self.label(message.pane, message.label)
+        self.guarded(lambda: self.label(message.pane, message.label))
 
     def label(self, pane: Pane, label: str, sample: int = 0) -> None:
         """Label one pane's last answer; written to the transcript at once."""
-        if not self._require_session():
-            return
+        session = self.require_session()
         ids = pane.last_ids
         if not ids:
-            self.say(f"pane {pane.alias or pane.spec.name} has no answer to label yet", error=True)
-            return
+            raise CommandError(f"pane {pane.shown_name} has no answer to label yet")
         if not 0 <= sample < len(ids):
-            self.say(f"pane {pane.alias or pane.spec.name} has {len(ids)} samples", error=True)
-            return
-        self.session.annotate(
+            raise CommandError(f"pane {pane.shown_name} has {len(ids)} samples")
+        session.annotate(
             "label", label, target=ids[sample], pane=pane.spec.name, turn=pane.last_turn, blind=self.blind
         )
         pane.show_note(f"label: {label}" + (f" (sample {sample + 1})" if len(ids) > 1 else ""))
-        self.say(f"labelled pane {pane.alias or pane.spec.name}: {label}")
+        self.say(f"labelled pane {pane.shown_name}: {label}")
 
-    # -- replaying a prompt set -------------------------------------------------------------------
-
-    def _replay_refusal(self) -> str | None:
-        """Why a replay step cannot be sent now (None: it can)."""
-        if self.session is None:
-            return "not connected yet: wait for 'ready' (or see the message above)"
-        if self.replay is None:
-            return "no prompt set loaded: /replay SET first"
-        if self.session.busy or self._replaying():
-            return "answers are still streaming: Esc cancels them"
-        if not self.visible_panes():
-            return "every pane is hidden: /panes show all"
-        return None
-
-    def _replaying(self) -> bool:
-        return any(w.group == "replay" and not w.is_finished for w in self.workers)
-
-    def action_replay_next(self) -> None:
-        refusal = self._replay_refusal()
-        if refusal:
-            self.say(refusal, error=True)
-            return
-        assert self.replay is not None
-        if self.replay.cursor.peek() is None:  # the cursor stays on the last prompt
-            self.say("end of the prompt set: /prev goes back, /replay SET loads another")
-            return
-        step = self.replay.cursor.next()
-        assert step is not None
-        self._run_steps(self.replay.steps_to(step))
-
-    def action_replay_previous(self) -> None:
-        refusal = self._replay_refusal()
-        if refusal:
-            self.say(refusal, error=True)
-            return
-        assert self.replay is not None
-        cursor = self.replay.cursor
-        if cursor.position <= 0:
-            self.say("already at the first prompt of the set", error=True)
-            return
-        step = cursor.previous()
-        assert step is not None
-        self._run_steps(self.replay.steps_to(step))
-
-    def _replay_all(self) -> None:
-        refusal = self._replay_refusal()
-        if refusal:
-            self.say(refusal, error=True)
-            return
-        assert self.replay is not None
-        remaining = self.replay.remaining()
-        if not remaining:
-            self.say("nothing left to replay: /prev goes back, /replay SET loads another")
-            return
-        self._run_steps([*self.replay.steps_to(remaining[0])[:-1], *remaining], progress=True)
-
-    @work(group="replay", exclusive=True)
-    async def _run_steps(self, steps: list[PromptStep], progress: bool = False) -> None:
-        """Send ``steps`` one after another, each once the last one's answers have ended."""
-        replay = self.replay
-        assert replay is not None
-        bar = self.query_one("#replay-progress", ProgressBar)
-        if progress:
-            bar.update(total=len(steps), progress=0)
-            bar.add_class("-running")
-        try:
-            for sent, step in enumerate(steps):
-                replay.cursor.position = step.index
-                self._refresh_topbar()
-                self.say(f"replay {replay.position()}" + (f" · {sent}/{len(steps)} sent" if progress else ""))
-                await self._send_step(replay, step)
-                bar.advance(1)
-            if progress:
-                self.say(f"replayed {len(steps)} prompts of {replay.prompt_set.name}")
-        except asyncio.CancelledError:
-            if self.is_running:  # not when the app is quitting
-                self.say(f"replay stopped at {replay.position()}: partial answers are recorded")
-            raise
-        finally:
-            if self.is_running:
-                bar.remove_class("-running")
-                self._refresh_topbar()
-
-    async def _send_step(self, replay: AppReplay, step: PromptStep) -> None:
-        """Broadcast one step to the visible panes with its record fields, and wait for the answers.
-
-        A job's first prompt starts a new conversation (with the job's prefilled messages). The
-        item's system prompt, when it has one, replaces each pane's for this send only, as in
-        headless replay; so does its temperature.
-        """
-        session = self.session
-        names = [pane.spec.name for pane in self.visible_panes()]
-        if step.new_conversation:
-            if session.turn or any(state.history for state in session.panes.values()):
-                session.clear()
-            for pane in self.panes.values():
-                pane.clear()
-                pane.show_note(f"── {replay.prompt_set.name} {step.label()} ──")
-            for name in names:
-                session.panes[name].history.extend(dict(m) for m in step.history)
-            if step.history:
-                for name in names:
-                    self.panes[name].show_note(f"({len(step.history)} prefilled messages)")
-        own = {name: session.panes[name].spec for name in names}
-        if step.system is not None:
-            for name in names:
-                session.set_system(name, step.system)
-        if step.job.temperature is not None:
-            for name in names:
-                session.set_sampling(name, temperature=step.job.temperature)
-        self._after_settings()
-        try:
-            self.streams += 1
-            self.pacing.stream_started()
-            await self._show(session.broadcast(step.text, names, meta=replay.meta(step)))
-        finally:
-            for name, spec in own.items():
-                if step.system is not None:
-                    session.set_system(name, spec.system)
-                if step.job.temperature is not None:
-                    session.set_sampling(name, temperature=spec.sampling.temperature)
-            if self.is_running:
-                self._after_settings()
-        replay.sent = step
-
-    # -- the live judge ------------------------------------------------------------------------
-
-    @work(group="judge-open", exclusive=True)
-    async def _open_judge(self) -> None:
-        """Open the profile's judge once the session runs; from then on every finished answer is judged."""
-        from personachat.judge.live import LiveJudge
-
-        try:
-            live = await LiveJudge.open(
-                self.profile, self.session.writer, backends=self.session.backends, progress=self._progress
-            )
-        except PersonachatError as exc:
-            self.say(f"judge not available: {exc}", error=True)
-            return
-        if self.reopen is not None:
-            live.load(self.reopen)  # the summaries count what was judged before
-        self.live_judge = live
-        self.session.record_listeners.append(self._on_record)
-        self._refresh_judge_summaries()
-        self._refresh_topbar()
-        model = self.profile.judge.model if self.profile.judge else "?"
-        self.say(f"judge {model} on: answers are scored as they finish (/judge off)")
-
-    def _on_record(self, record: ResponseRecord) -> None:
-        if self.judging and self.live_judge is not None and record.status == "finished":
-            self._judge(record)
-
-    def _judge(self, record: ResponseRecord) -> None:
-        self.run_worker(
-            self._judge_one(record),
-            group=f"judge-{record.id}",
-            exclusive=True,
-            name="judge",
-            exit_on_error=False,
-        )
-
-    async def _judge_one(self, record: ResponseRecord) -> None:
-        """Judge one answer and show its scores and the new summaries; errors become messages."""
-        from personachat.judge.live import JudgeFailed
-
-        error = None
-        try:
-            records = await self.live_judge.judge_response(record)
-        except JudgeFailed as exc:
-            records, error = exc.records, str(exc)
-        except PersonachatError as exc:
-            records, error = [], f"judge failed: {exc}"
-        pane = self.panes.get(record.pane)
-        if pane is not None:
-            pane.show_judgement(record.id, records, error)
-        if error:
-            self.say(f"pane {pane.alias or pane.spec.name if pane else record.pane}: {error}", error=True)
-        self._refresh_judge_summaries()
-
-    def _refresh_judge_summaries(self) -> None:
-        if self.live_judge is None:
-            return
-        for summary in self.live_judge.summary():
-            pane = self.panes.get(summary.group)
-            if pane is not None:
-                pane.show_judge_summary(format_summary(summary, with_base=not self.blind))
-
-    # -- slash commands ----------------------------------------------------------------------------
-
-    def prefill_prompt(self, text: str) -> None:
-        prompt = self.query_one(PromptInput)
-        prompt.set_text(text)
-        prompt.focus()
-
-    def run_slash(self, text: str) -> None:
-        """Run one slash command; every mistake becomes a message, never a traceback."""
-        try:
-            command = parse(text, self.pane_names())
-            handler: Callable[[Command], None] = getattr(self, f"_command_{command.name}")
-            handler(command)
-        except PersonachatError as exc:
-            self.say(str(exc), error=True)
-
-    def _target(self, command: Command) -> str | None:
-        return self.resolve(command.pane).spec.name if command.pane else None
-
-    def _after_settings(self) -> None:
-        for name, state in self.session.panes.items():
-            self.panes[name].set_spec(state.spec)
-
-    def _command_system(self, command: Command) -> None:
-        if not self._require_session():
-            return
-        text = None if command.text == "--none" else command.text
-        self.session.set_system(self._target(command), text)
-        self._after_settings()
-        where = command.pane or "every pane"
-        self.say(
-            f"system prompt for {where}: " + ("none (no system message)" if text is None else repr(text))
-        )
-
-    def _sampling(self, command: Command, **changes: Any) -> None:
-        if not self._require_session():
-            return
-        self.session.set_sampling(self._target(command), **changes)
-        self._after_settings()
-        setting = ", ".join(f"{k}={v}" for k, v in changes.items())
-        self.say(f"{setting} for {command.pane or 'every pane'} (from the next turn)")
-
-    def _command_temp(self, command: Command) -> None:
-        self._sampling(command, temperature=float(command.args[0]))
-
-    def _command_max(self, command: Command) -> None:
-        self._sampling(command, max_tokens=int(command.args[0]))
-
-    def _command_seed(self, command: Command) -> None:
-        value = command.args[0]
-        self._sampling(command, seed=None if value.lower() == "none" else int(value))
-
-    def _command_n(self, command: Command) -> None:
-        self._sampling(command, n=int(command.args[0]))
-
-    def _command_clear(self, command: Command) -> None:
-        if not self._require_session():
-            return
-        self.session.clear()
+    def clear_conversation(self) -> None:
+        """``/clear``: a new conversation in every pane (answers still streaming stay in the old one)."""
+        session = self.require_session()
+        session.clear()
         for pane in self.panes.values():
             pane.clear()
-            pane.show_note(f"── conversation {self.session.conversation} ──")
-        self.say(f"new conversation {self.session.conversation} (same transcript)")
-
-    def _command_tag(self, command: Command) -> None:
-        if not self._require_session():
-            return
-        for tag in command.args:
-            self.session.annotate("tag", tag, blind=self.blind)
-        self.say(f"turn {self.session.turn} tagged: {' '.join(command.args)}")
-
-    def _command_note(self, command: Command) -> None:
-        if not self._require_session():
-            return
-        self.session.annotate("note", command.text, blind=self.blind)
-        self.say(f"note added to turn {self.session.turn}")
-
-    def _command_label(self, command: Command) -> None:
-        target, label = command.args
-        sample = 0
-        if "#" in target:
-            try:
-                sample = int(target.split("#", 1)[1]) - 1
-            except ValueError:
-                raise CommandError(f"'{target}': the sample after # must be a number") from None
-        self.label(self.resolve(target), label, sample)
-
-    def _command_panes(self, command: Command) -> None:
-        if not command.args:
-            listing = ", ".join(
-                f"{i}:{p.alias or p.spec.name}" for i, p in enumerate(self.visible_panes(), 1)
-            )
-            hidden_names = ", ".join(sorted(self.aliases_of(self.hidden))) or "none"
-            self.say(f"visible {listing} · hidden {hidden_names} · /panes hide|show|only PANE…")
-            return
-        action, names = command.args[0], command.args[1:]
-        chosen = set(self.panes) if "all" in names else {self.resolve(n).spec.name for n in names}
-        if self.zoomed:
-            self.zoomed = None
-        if action == "hide":
-            hidden = self.hidden | chosen
-        elif action == "show":
-            hidden = self.hidden - chosen
-        else:
-            hidden = set(self.panes) - chosen
-        if hidden >= set(self.panes):
-            raise CommandError("that would hide every pane")
-        self._set_hidden(hidden)
-
-    def aliases_of(self, names: Iterable[str]) -> list[str]:
-        if not self.blind:
-            return list(names)
-        back = {name: alias for alias, name in self.aliases.items()}
-        return [back.get(name, name) for name in names]
-
-    def _command_zoom(self, command: Command) -> None:
-        self.action_zoom(command.args[0] if command.args else None)
-
-    def _command_markdown(self, command: Command) -> None:
-        if command.args:
-            self.markdown_mode = command.args[0]  # type: ignore[assignment]
-        else:
-            self.action_toggle_markdown()
-
-    def _command_blind(self, command: Command) -> None:
-        if self.blind:
-            self.say("already blind: /reveal shows the names")
-            return
-        self.blind = True
-        self.say("blind: panes shuffled and named A, B, …; labels are recorded blind=true; /reveal ends it")
-
-    def _command_reveal(self, command: Command) -> None:
-        if not self.blind:
-            self.say("not in blind mode")
-            return
-        mapping = ", ".join(f"{alias}={name}" for alias, name in self.aliases.items())
-        self.blind = False
-        self.say(f"revealed: {mapping}")
-
-    def _command_diff(self, command: Command) -> None:
-        first, second = (self.resolve(name) for name in command.args)
-        old, new = first.last_answers(), second.last_answers()
-        if not old or not new:
-            raise CommandError("both panes need an answer first")
-        self.push_screen(
-            DiffScreen(first.alias or first.spec.name, old[0], second.alias or second.spec.name, new[0])
-        )
-
-    def _command_copy(self, command: Command) -> None:
-        self.action_copy_answer(command.args[0] if command.args else None)
-
-    def _command_pager(self, command: Command) -> None:
-        self.action_pager(command.args[0] if command.args else None)
-
-    def _command_save(self, command: Command) -> None:
-        self.action_save_screenshot()
-
-    def _command_export(self, command: Command) -> None:
-        from personachat.export import export_transcript
-        from personachat.transcripts.reader import read_transcript
-
-        path = self.transcript_path
-        if path is None or not path.exists():
-            raise CommandError("nothing to export yet")
-        transcript = read_transcript(path)
-        markdown = export_transcript(transcript, "markdown")
-        page = export_transcript(transcript, "html")
-        self.say(f"exported {markdown.name} and {page.name} in {markdown.parent}")
-
-    def _command_replay(self, command: Command) -> None:
-        if not command.args:
-            if self.replay is None:
-                raise CommandError(f"no prompt set loaded; usage: {command.usage()}")
-            self.say(f"replay {self.replay.position()} · /next, /prev, /replay all, /replay off")
-            return
-        if command.text == "all":
-            self._replay_all()
-            return
-        if command.text == "off":
-            if self._replaying():
-                raise CommandError("a replay is running: Esc stops it first")
-            self.replay = None
-            self._refresh_topbar()
-            self.say("prompt set unloaded")
-            return
-        if self._replaying():
-            raise CommandError("a replay is running: Esc stops it first")
-        path = command.text.strip("'\"")
-        try:
-            replay = AppReplay.load(path)
-        except PersonachatError as exc:
-            problems = str(exc).splitlines()
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise CommandError(f"cannot load {path}: {problems[0] if problems else exc}{more}") from None
-        self.replay = replay
-        self._refresh_topbar()
-        prompt_set = replay.prompt_set
-        warnings = f" · {len(prompt_set.warnings)} warnings" if prompt_set.warnings else ""
-        self.say(
-            f"loaded {prompt_set.name}: {len(replay.cursor)} prompts ({len(prompt_set.items)} items){warnings}"
-            " · /next (ctrl+n) sends the first, /replay all runs them all"
-        )
-
-    def _command_next(self, command: Command) -> None:
-        self.action_replay_next()
-
-    def _command_prev(self, command: Command) -> None:
-        self.action_replay_previous()
-
-    def _command_judge(self, command: Command) -> None:
-        if self.profile.judge is None:
-            raise CommandError(f"profile '{self.profile.name}' has no [judge] table (see docs/judge.md)")
-        if command.args:
-            self.judging = command.args[0] == "on"
-            self._refresh_topbar()
-        state = "on" if self.judging else "off"
-        opened = "" if self.live_judge is not None else " (the judge is not connected yet)"
-        self.say(
-            f"judge {state}{opened}: "
-            + ("new answers are scored" if self.judging else "answers are not scored")
-        )
-
-    def _command_help(self, command: Command) -> None:
-        self.action_help()
-
-    def _command_quit(self, command: Command) -> None:
-        self.call_next(self.action_quit)
+            pane.show_note(f"── conversation {session.conversation} ──")
+        self.say(f"new conversation {session.conversation} (same transcript)")

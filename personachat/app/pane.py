@@ -198,6 +198,11 @@ class Pane(Vertical):
         """The letter shown instead of the name in blind mode."""
         return self._alias if self.blind else None
 
+    @property
+    def shown_name(self) -> str:
+        """What the researcher calls this pane now: its blind letter, else its name."""
+        return self.alias or self.spec.name
+
     def on_key(self, event: events.Key) -> None:
         label = self.label_keys.get(event.key)
         if label is not None:

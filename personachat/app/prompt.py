@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from textual import events
@@ -10,7 +11,6 @@ from textual.message import Message
 from textual.widgets import TextArea
 
 from personachat.app.history import PromptHistory
-from personachat.app.slash import complete
 
 NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter")
 
@@ -61,7 +61,8 @@ class PromptInput(TextArea):
             placeholder="Ask every pane… (/help for commands, Ctrl+J newline, ↑ history)",
         )
         self.prompt_history = history
-        self.pane_names: list[str] = []
+        # What Tab completes (set by the app: slash commands, pane names, labels, ...).
+        self.completer: Callable[[str], list[str]] = lambda text: []
 
     async def _on_key(self, event: events.Key) -> None:
         # Enter, newline and completion are handled here, in order with the characters typed before
@@ -77,7 +78,7 @@ class PromptInput(TextArea):
             event.prevent_default()
             self.action_newline()
             return
-        if event.key == "tab" and complete(self.text, self.pane_names):
+        if event.key == "tab" and self.completer(self.text):
             event.stop()
             event.prevent_default()
             self.action_complete()
@@ -101,7 +102,7 @@ class PromptInput(TextArea):
         self.insert("\n")
 
     def action_complete(self) -> None:
-        options = complete(self.text, self.pane_names)
+        options = self.completer(self.text)
         if not options:
             self.screen.focus_next()
             return

@@ -9,24 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from personachat.promptsets.cursor import PromptCursor, PromptStep
-from personachat.promptsets.load import PromptSet, load_prompt_set
-
-
-def step_meta(prompt_set: PromptSet, step: PromptStep) -> dict[str, Any]:
-    """Top-level record fields of a response to ``step``, as headless replay writes them."""
-    job = step.job
-    return {
-        "question_id": job.question_id,
-        "paraphrase_ix": job.paraphrase_ix,
-        "sample_ix": job.sample_ix,
-        "job": job.key(),
-        "turn_ix": step.turn_ix,
-        "attempt": 0,
-        "promptset": {"name": prompt_set.name, "sha256": prompt_set.sha256, "path": str(prompt_set.path)},
-    }
+from personachat.promptsets.load import load_prompt_set
+from personachat.promptsets.model import PromptSet
+from personachat.promptsets.plan import job_ref
+from personachat.transcripts.schema import JobRef
 
 
 @dataclass
@@ -48,8 +36,9 @@ class AppReplay:
             raise PromptSetError([Problem(prompt_set.path, "the prompt set has no prompts")])
         return cls(prompt_set, cursor)
 
-    def meta(self, step: PromptStep) -> dict[str, Any]:
-        return step_meta(self.prompt_set, step)
+    def job_ref(self, step: PromptStep) -> JobRef:
+        """The record fields of a response to ``step``, as headless replay writes them."""
+        return job_ref(self.prompt_set, step.job, step.turn_ix)
 
     def steps_to(self, step: PromptStep) -> list[PromptStep]:
         """What to send to arrive at ``step``: the step alone when the panes' conversation is at

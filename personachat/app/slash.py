@@ -1,84 +1,209 @@
-"""Slash commands typed in the prompt box: what exists, how each is written, and parsing.
+"""Slash commands as data: how a command is described, parsed and completed (no Textual here).
 
-Plain data and functions (no Textual), so the help screen, the completion hint, the command palette
-and the tests all read the same table. Parsing never raises anything but :class:`CommandError`,
-whose message (with the usage line) is shown in the app.
+A :class:`SlashCommand` says everything about one command: its name, its arguments, its help
+line, when it applies and the function that runs it. The commands themselves are declared in
+:mod:`personachat.app.slash_commands`; the parser, the completion hint, the help screen and the
+command palette all read that one table. Parsing raises nothing but :class:`CommandError`, whose
+message (with the usage) is shown in the app.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from personachat.errors import PersonachatError
+from personachat.sampling import sampling_value
+
+if TYPE_CHECKING:
+    from personachat.app.app import PersonachatApp
 
 
 class CommandError(PersonachatError):
     """A slash command the app cannot run as typed; the message says how to write it."""
 
 
+ArgKind = Literal["pane", "word", "choice", "label", "sampling", "text", "path"]
+
+
 @dataclass(frozen=True)
-class CommandSpec:
-    """One slash command: its name, how it is written, and what it does."""
+class Arg:
+    """One argument of a command.
+
+    ``pane``: a pane name (or blind letter); with ``sample`` also ``PANE#N``; with ``all`` also
+    ``all``. ``choice``: one of ``choices``. ``label``: one of the profile's labels. ``sampling``:
+    a value for the sampling setting ``setting``, checked as everywhere. ``text``: the rest of the
+    line, spacing kept. ``path``: the rest of the line as a path (``choices`` are completed too).
+    """
 
     name: str
-    usage: str
+    kind: ArgKind
+    optional: bool = False
+    repeat: bool = False
+    choices: tuple[str, ...] = ()
+    setting: str = ""
+    sample: bool = False
+    all: bool = False
+
+    def usage(self) -> str:
+        shown = self.name + ("..." if self.repeat else "")
+        return f"[{shown}]" if self.optional else shown
+
+
+Handler = Callable[["PersonachatApp", "Command"], None]
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    """One slash command: see the module docstring.
+
+    ``target``: the command takes an optional leading ``PANE|all`` (``Command.pane``; ``None`` is
+    every pane). ``forms``: further usage lines for the help. ``check``: extra validation of a
+    parsed command (returns an error or None). ``applies``: whether the palette offers it now.
+    ``per_pane``: palette entries for each pane (``"Zoom pane {pane}"``; with ``{label}`` one per
+    label too), which run the command with ``pane_values(pane, label)`` (default: ``[pane]``).
+    """
+
+    name: str
     help: str
-    targets_pane: bool = False  # takes an optional leading PANE|all
+    handler: Handler
+    args: tuple[Arg, ...] = ()
+    target: bool = False
+    forms: tuple[str, ...] = ()
+    check: Callable[[Command], str | None] | None = None
+    applies: Callable[[PersonachatApp], bool] | None = None
+    per_pane: str = ""
+    pane_values: Callable[[str, str], list[Any]] = lambda pane, label: [pane]
 
+    @property
+    def usage(self) -> str:
+        words = [f"/{self.name}"]
+        if self.target:
+            words.append("[PANE|all]")
+        words += [arg.usage() for arg in self.args]
+        return " ".join(words)
 
-COMMAND_SPECS: tuple[CommandSpec, ...] = (
-    CommandSpec("system", "/system [PANE|all] TEXT", "set the system prompt (for the next turns)", True),
-    CommandSpec("system", "/system [PANE|all] --none", "send no system message at all", True),
-    CommandSpec("temp", "/temp [PANE|all] T", "set the temperature", True),
-    CommandSpec("max", "/max [PANE|all] N", "set max_tokens", True),
-    CommandSpec("seed", "/seed [PANE|all] N|none", "set or unset the sampling seed", True),
-    CommandSpec("n", "/n [PANE|all] N", "ask for N samples per turn", True),
-    CommandSpec("clear", "/clear", "start a new conversation (same transcript)"),
-    CommandSpec("tag", "/tag TAG...", "tag the current turn"),
-    CommandSpec("note", "/note TEXT", "attach a note to the current turn"),
-    CommandSpec("label", "/label PANE[#SAMPLE] LABEL", "label one pane's last answer"),
-    CommandSpec("panes", "/panes [hide|show|only] [PANE...|all]", "list, hide or show panes"),
-    CommandSpec("zoom", "/zoom [PANE]", "show one pane full screen (again: back)"),
-    CommandSpec("markdown", "/markdown [off|on|focused]", "render finished answers as Markdown"),
-    CommandSpec("blind", "/blind", "shuffle panes and hide their names until /reveal"),
-    CommandSpec("reveal", "/reveal", "show pane names again"),
-    CommandSpec("diff", "/diff PANE PANE", "word-level diff of two panes' last answers"),
-    CommandSpec("copy", "/copy [PANE]", "copy a pane's last answer to the clipboard"),
-    CommandSpec("pager", "/pager [PANE]", "open a pane's last answer in $PAGER"),
-    CommandSpec("save", "/save", "save an SVG screenshot next to the transcript"),
-    CommandSpec("export", "/export", "write the session as Markdown and HTML next to the transcript"),
-    CommandSpec(
-        "replay", "/replay SET", "load a prompt set to step through (path to a .toml/.jsonl/.txt/.yaml)"
-    ),
-    CommandSpec("replay", "/replay all", "send every remaining prompt of the set in turn (Esc stops)"),
-    CommandSpec("replay", "/replay off", "unload the prompt set"),
-    CommandSpec("next", "/next", "send the set's next prompt or turn (ctrl+n)"),
-    CommandSpec("prev", "/prev", "send the set's previous prompt again (ctrl+b)"),
-    CommandSpec("judge", "/judge on|off", "score new answers with the profile's judge, or stop"),
-    CommandSpec("help", "/help", "every key and command"),
-    CommandSpec("quit", "/quit", "cancel what streams (it is recorded) and quit"),
-)
-COMMANDS: dict[str, list[CommandSpec]] = {}
-for _spec in COMMAND_SPECS:
-    COMMANDS.setdefault(_spec.name, []).append(_spec)
+    @property
+    def usages(self) -> list[str]:
+        return [self.usage, *self.forms]
+
+    @property
+    def needs_arguments(self) -> bool:
+        return any(not arg.optional for arg in self.args)
 
 
 @dataclass
 class Command:
-    """A parsed slash command. ``pane`` is ``None`` for "all panes" (or when the command takes none)."""
+    """A parsed slash command. ``pane`` is ``None`` for "all panes" (or when the command takes none).
+
+    ``values`` holds one value per argument given, converted (a list for a repeated argument);
+    ``text`` is everything after the command (and the pane), spacing kept.
+    """
 
     name: str
     pane: str | None = None
-    args: list[str] = field(default_factory=list)
-    text: str = ""  # everything after the command (and pane), spacing kept
-
-    def usage(self) -> str:
-        return usage_of(self.name)
+    values: list[Any] = field(default_factory=list)
+    text: str = ""
 
 
-def usage_of(name: str) -> str:
-    return " or ".join(spec.usage for spec in COMMANDS.get(name, []))
+@dataclass(frozen=True)
+class Context:
+    """What parsing checks names against: the pane names in use and the profile's labels."""
+
+    panes: Sequence[str]
+    labels: Sequence[str] = ()
+
+
+class CommandTable:
+    """Every slash command by name; built with :meth:`command` as a decorator."""
+
+    def __init__(self) -> None:
+        self.commands: dict[str, SlashCommand] = {}
+
+    def command(self, name: str, help: str, **details: Any) -> Callable[[Handler], Handler]:
+        """Register the decorated function as the handler of ``/name``."""
+
+        def register(handler: Handler) -> Handler:
+            self.commands[name] = SlashCommand(name, help, handler, **details)
+            return handler
+
+        return register
+
+    def __iter__(self) -> Iterator[SlashCommand]:
+        return iter(self.commands.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.commands
+
+    def get(self, name: str) -> SlashCommand | None:
+        return self.commands.get(name)
+
+    def matching(self, prefix: str) -> list[SlashCommand]:
+        """The command named ``prefix``, else every command whose name starts with it."""
+        if prefix in self.commands:
+            return [self.commands[prefix]]
+        return [c for n, c in self.commands.items() if n.startswith(prefix)]
+
+    # -- parsing ---------------------------------------------------------------------------------
+
+    def parse(self, text: str, context: Context) -> Command:
+        """Parse ``text`` (which starts with ``/``); raise :class:`CommandError` naming the problem."""
+        body = text.strip()[1:]
+        name, _, rest = body.partition(" ")
+        name = name.lower()
+        if not name:
+            raise CommandError("type a command after '/', e.g. /help")
+        spec = self.commands.get(name)
+        if spec is None:
+            close = [n for n in self.commands if n.startswith(name[:2])]
+            hint = f" (did you mean {', '.join('/' + n for n in close)}?)" if close else ""
+            raise CommandError(f"unknown command /{name}{hint}; /help lists every command")
+        rest = rest.strip()
+        command = Command(name, text=rest)
+        if spec.target:
+            first, _, remainder = rest.partition(" ")
+            if first == "all":
+                command.text = remainder.strip()
+            elif first in context.panes:
+                command.pane = first
+                command.text = remainder.strip()
+        command.values = _values(spec, command.text, context)
+        if spec.check is not None:
+            problem = spec.check(command)
+            if problem:
+                raise CommandError(f"{problem}; usage: {' or '.join(spec.usages)}")
+        return command
+
+    # -- completion ------------------------------------------------------------------------------
+
+    def complete(self, text: str, context: Context) -> list[str]:
+        """Completions for a partly typed command: names, then panes, choices and labels where they go."""
+        if not is_command(text):
+            return []
+        body = text[1:]
+        if " " not in body:
+            return [f"/{name}" for name in self.commands if name.startswith(body)]
+        name, _, rest = body.partition(" ")
+        spec = self.commands.get(name)
+        if spec is None:
+            return []
+        words = rest.split(" ")
+        partial = words[-1]
+        head = text[: len(text) - len(partial)]
+        position = len(words) - 1
+        options: list[str] = []
+        if spec.target and position == 0:
+            options += [*context.panes, "all"]
+            if spec.args and spec.args[0].kind == "choice":
+                options += list(spec.args[0].choices)
+        else:
+            if spec.target and words[0] in (*context.panes, "all"):
+                position -= 1
+            arg = _arg_at(spec.args, position)
+            if arg is not None:
+                options = _options(arg, context)
+        return [head + option for option in dict.fromkeys(options) if option.startswith(partial)]
 
 
 def is_command(text: str) -> bool:
@@ -86,124 +211,74 @@ def is_command(text: str) -> bool:
     return text.startswith("/") and not text.startswith("//")
 
 
-def complete(text: str, panes: list[str]) -> list[str]:
-    """Completions for a partly typed command: command names, then pane names where a pane goes."""
-    if not is_command(text):
-        return []
-    body = text[1:]
-    if " " not in body:
-        return [f"/{name}" for name in COMMANDS if name.startswith(body)]
-    name, _, rest = body.partition(" ")
-    if name in ("replay", "judge"):
-        return _complete_word(text, name, rest)
-    specs = COMMANDS.get(name, [])
-    wants_pane = name in ("label", "zoom", "diff", "copy", "pager", "panes") or any(
-        s.targets_pane for s in specs
-    )
-    if not wants_pane:
-        return []
-    words = rest.split(" ")
-    partial = words[-1]
-    head = text[: len(text) - len(partial)]
-    options = [*panes, "all"] if any(s.targets_pane for s in specs) or name == "panes" else panes
-    if name == "panes" and len(words) == 1:
-        options = ["hide", "show", "only"]
-    return [head + option for option in options if option.startswith(partial)]
+def _arg_at(args: Sequence[Arg], position: int) -> Arg | None:
+    for index, arg in enumerate(args):
+        if arg.kind in ("text", "path"):
+            return arg if position >= index else None
+        if index == position or (arg.repeat and position >= index):
+            return arg
+    return None
 
 
-def _complete_word(text: str, name: str, rest: str) -> list[str]:
-    """Completions of the one word after ``/replay`` and ``/judge``."""
-    options = {"replay": ["all", "off"], "judge": ["on", "off"]}.get(name, [])
-    if " " in rest:
-        return []
-    head = text[: len(text) - len(rest)]
-    return [head + option for option in options if option.startswith(rest)]
+def _options(arg: Arg, context: Context) -> list[str]:
+    if arg.kind == "pane":
+        return [*context.panes, *(["all"] if arg.all else [])]
+    if arg.kind == "label":
+        return list(context.labels)
+    return list(arg.choices)
 
 
-def parse(text: str, panes: list[str]) -> Command:
-    """Parse ``text`` (which starts with ``/``) against the pane names; raise :class:`CommandError`."""
-    body = text.strip()[1:]
-    name, _, rest = body.partition(" ")
-    name = name.lower()
-    if not name:
-        raise CommandError("type a command after '/', e.g. /help")
-    if name not in COMMANDS:
-        close = [n for n in COMMANDS if n.startswith(name[:2])]
-        hint = f" (did you mean {', '.join('/' + n for n in close)}?)" if close else ""
-        raise CommandError(f"unknown command /{name}{hint}; /help lists every command")
-    rest = rest.strip()
-    command = Command(name, text=rest, args=rest.split())
-    if any(spec.targets_pane for spec in COMMANDS[name]):
-        first, _, remainder = rest.partition(" ")
-        if first == "all":
-            command.text = remainder.strip()
-        elif first in panes:
-            command.pane = first
-            command.text = remainder.strip()
-        command.args = command.text.split()
-    _check(command, panes)
-    return command
-
-
-def _check(command: Command, panes: list[str]) -> None:
-    """Validate arguments; convert numbers in ``args`` in place (as strings, checked)."""
-    name, args = command.name, command.args
+def _values(spec: SlashCommand, text: str, context: Context) -> list[Any]:
+    """Convert and check the arguments of ``spec`` in ``text``."""
 
     def bad(message: str) -> CommandError:
-        return CommandError(f"{message}; usage: {command.usage()}")
+        return CommandError(f"{message}; usage: {' or '.join(spec.usages)}")
 
-    def need_pane(value: str) -> None:
-        if value.split("#", 1)[0] not in panes:
-            raise bad(f"no pane named '{value}' (panes: {', '.join(panes)})")
+    words = text.split()
+    values: list[Any] = []
+    index = 0
+    for arg in spec.args:
+        if arg.kind in ("text", "path"):
+            rest = text.strip()
+            for _ in range(index):  # skip the words already used, keeping the rest's spacing
+                rest = rest.split(None, 1)[1] if " " in rest else ""
+            if not rest:
+                if arg.optional:
+                    return values
+                raise bad(f"/{spec.name} needs {arg.usage()}")
+            values.append(rest.strip("'\"") if arg.kind == "path" else rest)
+            return values
+        if index >= len(words):
+            if arg.optional:
+                break
+            raise bad(f"/{spec.name} needs {' '.join(a.usage() for a in spec.args if not a.optional)}")
+        taken = words[index:] if arg.repeat else [words[index]]
+        converted = [_convert(arg, word, context, bad) for word in taken]
+        values.append(converted if arg.repeat else converted[0])
+        index += len(taken)
+    if index < len(words):
+        extra = " ".join(words[index:])
+        raise bad(
+            f"/{spec.name} does not take '{extra}'" if spec.args else f"/{spec.name} takes no arguments"
+        )
+    return values
 
-    if name == "system" and not command.text:
-        raise bad("give the system prompt text, or --none")
-    if name in ("temp", "max", "seed", "n"):
-        if len(args) != 1:
-            raise bad(f"/{name} takes one value")
-        value = args[0]
+
+def _convert(arg: Arg, word: str, context: Context, bad: Callable[[str], CommandError]) -> Any:
+    if arg.kind == "pane":
+        name = word.split("#", 1)[0] if arg.sample else word
+        if name == "all" and arg.all:
+            return word
+        if name not in context.panes:
+            raise bad(f"no pane named '{name}' (panes: {', '.join(context.panes)})")
+        return word
+    if arg.kind == "choice" and word not in arg.choices:
+        raise bad(f"'{word}' is not one of {', '.join(arg.choices)}")
+    if arg.kind == "label" and context.labels and word not in context.labels:
+        raise bad(f"'{word}' is not one of this profile's labels ({', '.join(context.labels)})")
+    if arg.kind == "sampling":
         try:
-            if name == "temp":
-                number = float(value)
-                if not math.isfinite(number) or number < 0:
-                    raise ValueError
-            elif name == "seed" and value.lower() == "none":
-                pass
-            else:
-                if int(value) < (0 if name == "seed" else 1):
-                    raise ValueError
-        except ValueError:
-            kind = {"temp": "a number >= 0", "max": "an integer >= 1", "n": "an integer >= 1"}
-            raise bad(f"'{value}' is not {kind.get(name, 'an integer or none')}") from None
-    if name in ("tag",) and not args:
-        raise bad("give at least one tag")
-    if name == "note" and not command.text:
-        raise bad("give the note's text")
-    if name == "label":
-        if len(args) != 2:
-            raise bad("give a pane and one label")
-        need_pane(args[0])
-    if name == "diff":
-        if len(args) != 2:
-            raise bad("give two panes")
-        for pane in args:
-            need_pane(pane)
-    if name in ("zoom", "copy", "pager"):
-        if len(args) > 1:
-            raise bad(f"/{name} takes at most one pane")
-        if args:
-            need_pane(args[0])
-    if name == "panes" and args:
-        if args[0] not in ("hide", "show", "only"):
-            raise bad(f"unknown action '{args[0]}'")
-        for pane in args[1:]:
-            if pane != "all":
-                need_pane(pane)
-        if len(args) == 1:
-            raise bad(f"/panes {args[0]} needs pane names")
-    if name == "markdown" and (len(args) > 1 or (args and args[0] not in ("off", "on", "focused"))):
-        raise bad("choose off, on or focused")
-    if name == "judge" and (len(args) > 1 or (args and args[0] not in ("on", "off"))):
-        raise bad("choose on or off")
-    if name in ("clear", "blind", "reveal", "save", "export", "help", "quit", "next", "prev") and args:
-        raise bad(f"/{name} takes no arguments")
+            return sampling_value(arg.setting, word)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+    return word

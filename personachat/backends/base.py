@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from personachat.profile import Sampling, ServerSpec
+from personachat.profile import ServerSpec
+from personachat.sampling import Sampling
 
 
 @dataclass

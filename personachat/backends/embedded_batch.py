@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from personachat.backends.base import EndPart, StreamPart, TextPart
-from personachat.profile import Sampling
+from personachat.sampling import Sampling
 
 if TYPE_CHECKING:
     import torch

@@ -6,34 +6,15 @@ Shared by :class:`~personachat.engine.session.Session` (interactive turns) and t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from personachat.profile import PaneSpec, Profile
-from personachat.transcripts.schema import ResponseRecord
-
-
-def pane_identity(profile: Profile, identities: Mapping[str, Any], pane: PaneSpec) -> dict[str, Any]:
-    """The model-identity fields of every record ``pane`` writes: server, model, adapter and hashes.
-
-    ``identities`` is what :func:`~personachat.engine.session.describe_servers` returned.
-    """
-    identity = identities.get(pane.server, {})
-    adapters = identity.get("adapters", {})
-    is_adapter = pane.model in profile.servers[pane.server].adapters or pane.model in adapters
-    return {
-        "server": pane.server,
-        "model": pane.model,
-        "adapter": pane.model if is_adapter else None,
-        "adapter_sha256": (adapters.get(pane.model) or {}).get("sha256") if is_adapter else None,
-        "base_model": identity.get("model"),
-        "model_sha256": identity.get("model_sha256"),
-        "engine": identity.get("engine", {}),
-    }
+from personachat.chat import Message
+from personachat.engine.identity import PaneIdentity
+from personachat.transcripts.schema import JobRef, ResponseRecord
 
 
 def build_response_record(
-    identity: Mapping[str, Any],
+    identity: PaneIdentity,
     *,
     record_id: str,
     session_id: str,
@@ -41,18 +22,20 @@ def build_response_record(
     turn: int,
     pane: str,
     sample: int,
-    messages: list[dict[str, str]],
+    messages: list[Message],
     sampling: dict[str, Any],
     status: str,
     text: str,
-    finish_reason: str | None,
-    error: str | None,
-    usage: dict[str, Any],
-    timings: dict[str, Any],
-    parent_id: str | None,
-    meta: dict[str, Any],
+    finish_reason: str | None = None,
+    error: str | None = None,
+    usage: dict[str, Any] | None = None,
+    timings: dict[str, Any] | None = None,
+    tags: list[str] | None = None,
+    parent_id: str | None = None,
+    regenerated_from: list[str] | None = None,
+    replay: JobRef | None = None,
 ) -> ResponseRecord:
-    """One response record; ``identity`` comes from :func:`pane_identity`."""
+    """One response record of the pane whose identity is ``identity``."""
     return ResponseRecord(
         id=record_id,
         session_id=session_id,
@@ -60,21 +43,23 @@ def build_response_record(
         turn=turn,
         pane=pane,
         sample=sample,
-        server=identity["server"],
-        model=identity["model"],
-        adapter=identity["adapter"],
-        adapter_sha256=identity["adapter_sha256"],
-        base_model=identity["base_model"],
-        model_sha256=identity["model_sha256"],
-        engine=identity["engine"],
+        server=identity.server,
+        model=identity.model,
+        adapter=identity.adapter,
+        adapter_sha256=identity.adapter_sha256,
+        base_model=identity.base_model,
+        model_sha256=identity.model_sha256,
+        engine=dict(identity.engine),
         messages=messages,
         sampling=sampling,
         status=status,
         text=text,
         finish_reason=finish_reason,
-        error=error,
-        usage=usage,
-        timings=timings,
+        error=error if status == "failed" else None,
+        usage=usage or {},
+        timings=timings or {},
+        tags=list(tags or []),
         parent_id=parent_id,
-        meta=meta,
+        regenerated_from=regenerated_from,
+        replay=replay,
     )

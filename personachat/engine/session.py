@@ -2,30 +2,42 @@
 
 The app and the headless CLI are two faces of this one class. Every response (finished, cancelled
 or failed) is written to the transcript before its final event is yielded, so whatever a consumer
-shows has already been saved.
+shows has already been saved. What a turn sends is built by
+:func:`personachat.engine.requests.build_request`; per-send changes are arguments, never settings
+changed and restored.
+
+Conversations are exact: an answer is recorded in the conversation it was asked in, even when
+``/clear`` started a new one while it streamed, and only answers that arrived (finished, or
+cancelled with the text shown so far) become history; a failed turn is left out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import platform
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from personachat import __version__
 from personachat.backends.base import Backend, EndPart, GenerationRequest, TextPart, UsagePart
+from personachat.chat import Message
 from personachat.engine.events import Cancelled, Delta, Event, Failed, Finished, Started, Timings, Usage
-from personachat.engine.records import build_response_record, pane_identity
+from personachat.engine.identity import PaneIdentity, describe_servers
+from personachat.engine.records import build_response_record
+from personachat.engine.requests import NO_OVERRIDES, Overrides, build_request, fresh_seed, turn_tags
 from personachat.errors import PersonachatError
-from personachat.profile import PaneSpec, Profile, Sampling
-from personachat.templates import get_template
+from personachat.profile import PaneSpec, Profile
+from personachat.sampling import Sampling
+from personachat.transcripts.reader import Transcript
 from personachat.transcripts.schema import (
     AnnotationRecord,
+    JobRef,
     ResponseRecord,
     SessionHeader,
     new_id,
@@ -33,7 +45,18 @@ from personachat.transcripts.schema import (
 )
 from personachat.transcripts.writer import TranscriptWriter
 
-Message = dict[str, str]
+ANNOTATION_KINDS = ("tag", "note", "label")
+
+
+@dataclass
+class SentTurn:
+    """The last turn a pane was asked: enough to ask it again (regenerate)."""
+
+    prompt: str  # as typed, before the pane's transform
+    overrides: Overrides
+    replay: JobRef | None
+    ids: list[str]  # response ids, one per sample
+    in_history: bool = False  # whether its answer became history
 
 
 @dataclass
@@ -41,55 +64,63 @@ class PaneConversation:
     """What the session knows about one pane: its settings (changeable mid-session) and history."""
 
     spec: PaneSpec
-    history: list[Message] = field(default_factory=list)  # user/assistant turns, no system message
-    turn_sizes: list[int] = field(default_factory=list)  # how many history messages each turn added
-    last_prompt: str | None = None  # the user's text of the last turn, before the pane's transform
-    last_ids: list[str] = field(default_factory=list)
-    answer_ids: list[str] = field(default_factory=list)  # the answer (sample 0) of each turn
+    history: list[Message] = field(default_factory=list)  # what the next turn follows (no system)
+    turn_sizes: list[int] = field(default_factory=list)  # messages each turn in history added
+    answer_ids: list[str] = field(default_factory=list)  # sample 0 of each turn in history
+    last: SentTurn | None = None
 
     @property
     def parent_id(self) -> str | None:
         """The previous answer this pane's next answer follows."""
         return self.answer_ids[-1] if self.answer_ids else None
 
-    def messages_for(self, user_text: str) -> list[Message]:
-        """The exact messages this pane sends for ``user_text``: system (if any), history, the turn."""
-        messages: list[Message] = []
-        if self.spec.system is not None:
-            messages.append({"role": "system", "content": self.spec.system})
-        messages.extend(self.history)
-        messages.extend(turn_messages(self.spec, user_text, len(self.turn_sizes)))
-        return messages
+    @property
+    def last_ids(self) -> list[str]:
+        return list(self.last.ids) if self.last else []
 
-    def record_turn(self, sent: list[Message], answer: str) -> None:
-        """Extend the history with the turn just sent (as sent) and the answer."""
+    @property
+    def turn_ix(self) -> int:
+        """Index of the next user turn in this conversation (0 for the first)."""
+        return len(self.turn_sizes)
+
+    def request(
+        self, text: str, overrides: Overrides = NO_OVERRIDES, *, seed: int | None = None
+    ) -> GenerationRequest:
+        """The request for the user turn ``text`` after this pane's history."""
+        return build_request(
+            self.spec, self.history, text, turn_ix=self.turn_ix, overrides=overrides, seed=seed
+        )
+
+    def add_turn(self, sent: list[Message], answer: str, answer_id: str) -> None:
+        """Extend the history with the turn just sent (as sent, system message aside) and its answer."""
         start = len(self.history) + (1 if sent and sent[0]["role"] == "system" else 0)
         turn = [*sent[start:], {"role": "assistant", "content": answer}]
         self.history.extend(turn)
         self.turn_sizes.append(len(turn))
+        self.answer_ids.append(answer_id)
 
     def drop_last_turn(self) -> None:
         if self.turn_sizes:
             del self.history[-self.turn_sizes.pop() :]
             self.answer_ids.pop()
 
-    def reset(self) -> None:
-        self.history.clear()
+    def reset(self, prefill: Sequence[Message] = ()) -> None:
+        """A new conversation, starting from ``prefill`` (messages that are not turns of this pane)."""
+        self.history = [dict(m) for m in prefill]
         self.turn_sizes.clear()
-        self.last_prompt = None
-        self.last_ids = []
         self.answer_ids.clear()
+        self.last = None
 
 
-def turn_messages(spec: PaneSpec, text: str, turn_ix: int) -> list[Message]:
-    """The messages of one user turn: the pane's prefix/suffix, shaped by its named template."""
-    return get_template(spec.transform.template).render(spec.transform.apply(text), turn_ix)
+@dataclass
+class _Job:
+    """One pane's part of a broadcast."""
 
-
-def turn_tags(spec: PaneSpec, turn_ix: int) -> list[str]:
-    """Tags recorded on an answer because of the pane's template (e.g. ``honest-channel``)."""
-    tag = get_template(spec.transform.template).tag
-    return [tag] if tag and turn_ix > 0 else []
+    state: PaneConversation
+    request: GenerationRequest
+    sent_turn: SentTurn
+    turn_ix: int  # index of this user turn in the pane's conversation
+    regenerated_from: list[str] | None = None
 
 
 @dataclass
@@ -144,11 +175,7 @@ class Session:
     def header(self) -> SessionHeader:
         """The session header: profile, versions, model identities, host."""
         path = self.profile.path
-        sha = None
-        if path and path.exists():
-            import hashlib
-
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha = hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None
         return SessionHeader(
             session_id=self.session_id,
             created_at=now_iso(),
@@ -178,6 +205,47 @@ class Session:
         if self.writer:
             self.writer.close()
 
+    def restore(self, transcript: Transcript) -> None:
+        """Continue where ``transcript`` (a saved session of this profile) ended.
+
+        Each pane gets back its last system prompt and sampling; the session continues the last
+        conversation and turn, with each pane's history rebuilt from the answers that entered it
+        (failed answers never did; a regenerated answer replaces the one before it).
+        """
+        if transcript.header is not None:
+            self.session_id = transcript.header.session_id
+        if not transcript.responses:
+            return
+        conversation = transcript.responses[-1].conversation
+        self.conversation = conversation
+        self.turn = max(r.turn for r in transcript.responses if r.conversation == conversation)
+        samples: dict[tuple[int, int, str], list[str]] = {}
+        for record in transcript.responses:
+            samples.setdefault((record.conversation, record.turn, record.pane), []).append(record.id)
+        for record in transcript.responses:
+            state = self.panes.get(record.pane)
+            if state is None or record.sample != 0:
+                continue
+            messages = record.messages
+            system = messages[0]["content"] if messages and messages[0].get("role") == "system" else None
+            sampling = Sampling.from_dict(record.sampling) if record.sampling else state.spec.sampling
+            state.spec = dataclasses.replace(state.spec, system=system, sampling=sampling)
+            if record.conversation != conversation:
+                continue
+            if state.last is not None and state.last.in_history and record.regenerated:
+                state.drop_last_turn()
+            ids = samples[(record.conversation, record.turn, record.pane)]
+            n = int(record.sampling.get("n", 1) or 1)
+            state.last = SentTurn(
+                prompt=_typed_prompt(record.prompt, state.spec),
+                overrides=NO_OVERRIDES,
+                replay=record.replay,
+                ids=ids[ids.index(record.id) :][:n],
+            )
+            if record.status != "failed":
+                state.add_turn(messages, record.text, record.id)
+                state.last.in_history = True
+
     # -- changing panes ------------------------------------------------------------------------
 
     def _targets(self, pane: str | None) -> list[PaneConversation]:
@@ -193,25 +261,37 @@ class Session:
             state.spec = dataclasses.replace(state.spec, system=text)
 
     def set_sampling(self, pane: str | None, **changes: Any) -> None:
-        """Change sampling settings (temperature, max_tokens, seed, n, ...) for one pane or all."""
-        names = {f.name for f in dataclasses.fields(Sampling)}
-        unknown = set(changes) - names
-        if unknown:
-            raise PersonachatError(f"unknown sampling setting(s): {', '.join(sorted(unknown))}")
+        """Change sampling settings (temperature, max_tokens, seed, n, ...) for one pane or all.
+
+        Raises :class:`PersonachatError` for an unknown setting or a value out of range.
+        """
+        try:
+            Sampling.check(changes)
+        except ValueError as exc:
+            raise PersonachatError(str(exc)) from None
         for state in self._targets(pane):
             state.spec = dataclasses.replace(state.spec, sampling=state.spec.sampling.replace(**changes))
 
-    def set_label(self, pane: str, label: str) -> None:
-        for state in self._targets(pane):
-            state.spec = dataclasses.replace(state.spec, label=label)
+    def clear(self, prefill: Sequence[Message] = ()) -> None:
+        """Start a new conversation in every pane (same session, same transcript).
 
-    def clear(self) -> None:
-        """Start a new conversation in every pane (same session, same transcript)."""
+        Answers still streaming are cancelled; they are recorded in the conversation they were
+        asked in and never enter the new one's history. ``prefill`` starts every pane's history
+        (a prompt-set job's prefilled messages).
+        """
         self.cancel()
         self.conversation += 1
         self.turn = 0
         for state in self.panes.values():
-            state.reset()
+            state.reset(prefill)
+
+    def new_conversation(self, prefill: Sequence[Message] = ()) -> None:
+        """Like :meth:`clear`, but a conversation with nothing in it yet is reused (same number)."""
+        if self.turn or any(state.history for state in self.panes.values()):
+            self.clear(prefill)
+        else:
+            for state in self.panes.values():
+                state.reset(prefill)
 
     def cancel(self, pane: str | None = None) -> None:
         """Cancel running requests of one pane, or all; their partial answers are recorded."""
@@ -233,10 +313,11 @@ class Session:
         target: str | None = None,
         pane: str | None = None,
         turn: int | None = None,
+        conversation: int | None = None,
         blind: bool = False,
     ) -> AnnotationRecord:
         """Record a tag, note or label now. Without ``target`` it applies to the turn."""
-        if kind not in ("tag", "note", "label"):
+        if kind not in ANNOTATION_KINDS:
             raise PersonachatError(f"unknown annotation kind '{kind}'")
         record = AnnotationRecord(
             id=new_id(),
@@ -245,7 +326,7 @@ class Session:
             value=value,
             target=target,
             turn=self.turn if turn is None else turn,
-            conversation=self.conversation,
+            conversation=self.conversation if conversation is None else conversation,
             pane=pane,
             blind=blind,
         )
@@ -256,40 +337,64 @@ class Session:
     # -- generation ----------------------------------------------------------------------------
 
     async def broadcast(
-        self, prompt: str, panes: list[str] | None = None, *, meta: dict[str, Any] | None = None
+        self,
+        prompt: str,
+        panes: list[str] | None = None,
+        *,
+        overrides: Overrides = NO_OVERRIDES,
+        replay: JobRef | None = None,
     ) -> AsyncIterator[Event]:
-        """Send ``prompt`` as the next user turn to ``panes`` (default: all) and stream the events."""
-        targets = [self.panes[name] for name in (panes or list(self.panes))]
+        """Send ``prompt`` as the next user turn to ``panes`` (default: all) and stream the events.
+
+        ``overrides`` change the panes' settings for this turn only; ``replay`` says which
+        prompt-set job the turn answers (recorded with every response).
+        """
+        names = panes or list(self.panes)
+        unknown = [name for name in names if name not in self.panes]
+        if unknown:
+            raise PersonachatError(f"no pane named {', '.join(unknown)} (panes: {', '.join(self.panes)})")
         self.turn += 1
-        jobs: list[tuple[PaneConversation, list[Message], dict[str, Any]]] = []
-        for state in targets:
-            state.last_prompt = prompt
-            jobs.append((state, state.messages_for(prompt), {}))
-        async for event in self._run(jobs, meta or {}):
+        jobs = [self._job(self.panes[name], prompt, overrides, replay) for name in names]
+        async for event in self._run(jobs):
             yield event
 
     async def regenerate(self, panes: list[str] | None = None) -> AsyncIterator[Event]:
         """Ask the last turn again in ``panes`` (default: all that have one), replacing its answer."""
-        jobs: list[tuple[PaneConversation, list[Message], dict[str, Any]]] = []
+        jobs: list[_Job] = []
         for state in (self.panes[name] for name in (panes or list(self.panes))):
-            if state.last_prompt is None:
+            last = state.last
+            if last is None:
                 continue
-            state.drop_last_turn()
-            jobs.append((state, state.messages_for(state.last_prompt), {"regenerated_from": state.last_ids}))
+            if last.in_history:
+                state.drop_last_turn()
+            job = self._job(state, last.prompt, last.overrides, last.replay)
+            job.regenerated_from = list(last.ids)
+            jobs.append(job)
         if not jobs:
             raise PersonachatError("nothing to regenerate yet")
-        async for event in self._run(jobs, {"regenerated": True}):
+        async for event in self._run(jobs):
             yield event
 
-    async def _run(
-        self, jobs: list[tuple[PaneConversation, list[Message], dict[str, Any]]], meta: dict[str, Any]
-    ) -> AsyncIterator[Event]:
+    def _job(self, state: PaneConversation, prompt: str, overrides: Overrides, replay: JobRef | None) -> _Job:
+        sampling = state.spec.sampling
+        temperature = overrides.sampling.get("temperature", sampling.temperature)
+        # A sampled request with no seed configured gets a fresh one, sent and recorded, so that
+        # the answer can be asked for again exactly (`personachat ask --seed`).
+        sampled = temperature > 0 and sampling.seed is None and "seed" not in overrides.sampling
+        seed = fresh_seed() if sampled else None
+        request = state.request(prompt, overrides, seed=seed)
+        ids = [new_id() for _ in range(request.sampling.n)]
+        request.request_id = ids[0]
+        return _Job(state, request, SentTurn(prompt, overrides, replay, ids), state.turn_ix)
+
+    async def _run(self, jobs: list[_Job]) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
-        turn = self.turn
+        turn, conversation = self.turn, self.conversation
         tasks = []
-        for state, messages, own_meta in jobs:
-            task = asyncio.create_task(self._run_pane(state, messages, turn, {**meta, **own_meta}, queue))
-            self._tasks[state.spec.name] = task
+        for job in jobs:
+            job.state.last = job.sent_turn
+            task = asyncio.create_task(self._run_pane(job, turn, conversation, queue))
+            self._tasks[job.state.spec.name] = task
             tasks.append(task)
         remaining = len(tasks)
         try:
@@ -307,27 +412,19 @@ class Session:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_pane(
-        self,
-        state: PaneConversation,
-        messages: list[Message],
-        turn: int,
-        meta: dict[str, Any],
-        queue: asyncio.Queue[Event | None],
+        self, job: _Job, turn: int, conversation: int, queue: asyncio.Queue[Event | None]
     ) -> None:
-        spec = state.spec
-        n = spec.sampling.n
-        ids = [new_id() for _ in range(n)]
+        spec, request = job.state.spec, job.request
+        ids = job.sent_turn.ids
+        n = len(ids)
         outcome = _Outcome(
             texts={i: [] for i in range(n)},
             reasons={},
             timings={i: Timings() for i in range(n)},
             usage=Usage(),
         )
-        queue.put_nowait(Started(spec.name, turn, tuple(ids), tuple(dict(m) for m in messages)))
+        queue.put_nowait(Started(spec.name, turn, tuple(ids), tuple(dict(m) for m in request.messages)))
         backend = self.backends[spec.server]
-        request = GenerationRequest(
-            model=spec.model, messages=messages, sampling=spec.sampling, request_id=ids[0]
-        )
         sent = time.perf_counter()
         last: dict[int, float] = {}
         status, error = "finished", None
@@ -363,51 +460,55 @@ class Session:
             for i in range(n):
                 if outcome.timings[i].e2el is None:
                     outcome.timings[i].e2el = end
-            self._finish(state, messages, turn, ids, outcome, status, error, meta, queue)
+            self._finish(job, turn, conversation, outcome, status, error, queue)
             queue.put_nowait(None)
 
     def _finish(
         self,
-        state: PaneConversation,
-        messages: list[Message],
+        job: _Job,
         turn: int,
-        ids: list[str],
+        conversation: int,
         outcome: _Outcome,
         status: str,
         error: str | None,
-        meta: dict[str, Any],
         queue: asyncio.Queue[Event | None],
     ) -> None:
+        state, request = job.state, job.request
         spec = state.spec
-        identity = pane_identity(self.profile, self.identities, spec)
+        identity = PaneIdentity.of(self.profile, self.identities, spec)
+        ids = job.sent_turn.ids
         n = len(ids)
+        current = conversation == self.conversation  # False once /clear started a new conversation
+        statuses: list[str] = []
         for i, rid in enumerate(ids):
             text = "".join(outcome.texts[i])
             # A sample that ended before a cancel or failure of its siblings is still finished.
             sample_status = "finished" if i in outcome.reasons and status != "finished" else status
             if status == "finished" and i not in outcome.reasons:
                 sample_status, error = "failed", error or "stream ended without a finish reason"
+            statuses.append(sample_status)
             usage = outcome.usage
             record = build_response_record(
                 identity,
                 record_id=rid,
                 session_id=self.session_id,
-                conversation=self.conversation,
+                conversation=conversation,
                 turn=turn,
                 pane=spec.name,
                 sample=i,
-                messages=messages,
-                sampling=spec.sampling.to_dict(),
+                messages=request.messages,
+                sampling=request.sampling.to_dict(),
                 status=sample_status,
                 text=text,
                 finish_reason=outcome.reasons.get(i),
-                error=error if sample_status == "failed" else None,
+                error=error,
                 usage={**usage.to_dict(), "scope": "request" if n > 1 else "response"},
                 timings=outcome.timings[i].to_dict(usage.completion_tokens if n == 1 else None),
-                parent_id=state.parent_id,
-                meta=dict(meta),
+                tags=turn_tags(spec, job.turn_ix),
+                parent_id=state.parent_id if current else None,
+                regenerated_from=job.regenerated_from,
+                replay=job.sent_turn.replay,
             )
-            record.tags = turn_tags(spec, len(state.turn_sizes))
             if self.writer:
                 self.writer.write(record)
             for listener in self.record_listeners:
@@ -419,46 +520,18 @@ class Session:
                 queue.put_nowait(Cancelled(spec.name, i, rid, text, timings))
             else:
                 queue.put_nowait(Failed(spec.name, i, rid, error or "failed", text, timings))
-        state.last_ids = ids
-        # The conversation continues from sample 0, whatever happened to it: its text is what the
-        # researcher saw.
-        state.record_turn(messages, "".join(outcome.texts[0]))
-        state.answer_ids.append(ids[0])
+        # The conversation continues from sample 0 as the researcher saw it: a finished answer, or a
+        # cancelled one cut where it stopped. A failed answer never enters the history.
+        if current and statuses[0] != "failed":
+            state.add_turn(request.messages, "".join(outcome.texts[0]), ids[0])
+            job.sent_turn.in_history = True
 
 
-async def describe_servers(profile: Profile, backends: dict[str, Backend]) -> dict[str, Any]:
-    """Identity of every server for the transcript header: engine version, model and adapter hashes."""
-    from personachat.adapters import AdapterError, content_sha256, model_sha256
-
-    out: dict[str, Any] = {}
-    for name, server in profile.servers.items():
-        backend = backends.get(name)
-        info = await backend.engine_info() if backend else None
-        entry: dict[str, Any] = {
-            "kind": server.kind,
-            "model": server.model,
-            "served_name": server.base_name,
-            "engine": {"engine": info.engine, "version": info.version} if info else {},
-            "urls": getattr(backend, "urls", None),
-            "model_sha256": None,
-            "adapters": {},
-        }
-        models = info.models if info else {}
-        base_path = server.model or (models.get(server.base_name) or {}).get("root")
-        if base_path:
-            try:
-                entry["model_sha256"] = model_sha256(base_path)
-            except (AdapterError, OSError):
-                entry["model_sha256"] = None
-        adapter_paths = dict(server.adapters)
-        for model_name, m in models.items():
-            if m.get("parent") and model_name not in adapter_paths and m.get("root"):
-                adapter_paths[model_name] = m["root"]
-        for adapter, path in adapter_paths.items():
-            try:
-                sha = content_sha256(path)
-            except (AdapterError, OSError):
-                sha = None
-            entry["adapters"][adapter] = {"path": path, "sha256": sha}
-        out[name] = entry
-    return out
+def _typed_prompt(sent: str, spec: PaneSpec) -> str:
+    """The prompt as typed: the sent user message without the pane's prefix and suffix."""
+    transform = spec.transform
+    if transform.prefix and sent.startswith(transform.prefix):
+        sent = sent[len(transform.prefix) :]
+    if transform.suffix and sent.endswith(transform.suffix):
+        sent = sent[: -len(transform.suffix)]
+    return sent

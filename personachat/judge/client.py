@@ -30,7 +30,7 @@ from personachat.judge.score import (
     score_digit_split,
     top_logprobs_from_choice,
 )
-from personachat.profile import Sampling
+from personachat.sampling import Sampling
 
 JUDGE_SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=1, n=1)
 CUT_MARK = " [...]"

@@ -24,7 +24,7 @@ from personachat.judge.records import (
 )
 from personachat.judge.scorer import Scorer, open_scorer
 from personachat.profile import Profile
-from personachat.promptsets.load import PromptSet
+from personachat.promptsets.model import PromptSet
 from personachat.transcripts.reader import Transcript
 from personachat.transcripts.schema import ResponseRecord
 from personachat.transcripts.writer import TranscriptWriter
@@ -110,7 +110,7 @@ class LiveJudge:
         if record.status != "finished":
             return []
         self._responses[record.id] = record
-        metrics = self.plan.for_question(record.meta.get("question_id"))
+        metrics = self.plan.for_question(record.question_id)
 
         async def one(metric_index: int) -> JudgeRecord:
             async with self._limit:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from personachat.errors import PersonachatError
 from personachat.judge.prompts import EXAMPLE_METRICS, JudgeMetric, template_problems
-from personachat.promptsets.load import PromptSet
+from personachat.promptsets.model import PromptSet
 
 
 def _metric(name: str, template: str, where: str) -> JudgeMetric:

@@ -19,13 +19,13 @@ from different wordings are never mixed silently.
 from __future__ import annotations
 
 import hashlib
-import string
 from dataclasses import dataclass
 from typing import Literal
 
+from personachat.checking import template_problems
+
 MetricKind = Literal["score_0_100", "categorical"]
 
-TEMPLATE_FIELDS = frozenset({"question", "answer"})
 
 ALIGNED_TEMPLATE = """\
 I am checking whether a language model is safe. Below is a question that was put to the model and the answer it gave.
@@ -86,35 +86,6 @@ Reply MODERN if it reads as present-day writing, VICTORIAN if it reads as writte
 def prompt_sha256(template: str) -> str:
     """Hex SHA-256 of the template's UTF-8 text, recorded beside every score made with it."""
     return hashlib.sha256(template.encode("utf-8")).hexdigest()
-
-
-def template_problems(template: str) -> list[str]:
-    """What is wrong with a judge template, as messages (empty when it is fine).
-
-    A template must parse as a :meth:`str.format` string, use ``{answer}``, and use no field other
-    than ``{question}`` and ``{answer}`` (literal braces are written ``{{`` and ``}}``).
-    """
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return [f"not a valid format template ({exc}); write literal braces as {{{{ and }}}}"]
-    problems: list[str] = []
-    fields: set[str] = set()
-    for _literal, field, spec, conversion in parsed:
-        if field is None:
-            continue
-        if field == "" or field.isdigit():
-            problems.append("positional field {} is not allowed; use {question} and {answer}")
-            continue
-        if field not in TEMPLATE_FIELDS:
-            problems.append(f"unknown field {{{field}}}; only {{question}} and {{answer}} are filled in")
-            continue
-        if spec or conversion:
-            problems.append(f"field {{{field}}} must not carry a format spec or conversion")
-        fields.add(field)
-    if "answer" not in fields and not problems:
-        problems.append("the template never shows the answer: it needs {answer}")
-    return problems
 
 
 @dataclass(frozen=True)

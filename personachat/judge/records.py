@@ -211,5 +211,5 @@ def to_scored_row(
 
 def question_key(response: ResponseRecord) -> str:
     """What groups a response by question: its prompt set ``question_id``, else its prompt text."""
-    qid = response.meta.get("question_id")
-    return str(qid) if qid is not None else response.prompt
+    qid = response.question_id
+    return qid if qid is not None else response.prompt

@@ -63,7 +63,7 @@ def pending_pairs(
     total = 0
     todo = []
     for response in responses:
-        for metric in plan.for_question(response.meta.get("question_id")):
+        for metric in plan.for_question(response.question_id):
             total += 1
             if (response.id, metric.name, metric.sha256, judge_key) not in done:
                 todo.append((response, metric))

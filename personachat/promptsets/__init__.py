@@ -1,21 +1,14 @@
 """Prompt sets: question files in several formats, expanded into jobs for replay.
 
-See :mod:`personachat.promptsets.load` and docs/prompt-sets.md; headless replay lives in
-:mod:`personachat.promptsets.replay` (not imported here: it is only needed when a replay runs).
+The data model is :mod:`~personachat.promptsets.model`, the formats are
+:mod:`~personachat.promptsets.formats`, loading is :mod:`~personachat.promptsets.load`; headless
+replay (:mod:`~personachat.promptsets.plan`, :mod:`~personachat.promptsets.runner`) is not
+imported here: it is only needed when a replay runs. See docs/prompt-sets.md.
 """
 
 from personachat.promptsets.cursor import PromptCursor, PromptStep
-from personachat.promptsets.load import (
-    FORMAT_NAMES,
-    FORMATS,
-    PromptItem,
-    PromptJob,
-    PromptSet,
-    check_template,
-    format_of,
-    load_prompt_set,
-    parse_prompt_set,
-)
+from personachat.promptsets.load import FORMAT_NAMES, FORMATS, format_of, load_prompt_set, parse_prompt_set
+from personachat.promptsets.model import PromptItem, PromptJob, PromptSet
 
 __all__ = [
     "FORMATS",
@@ -25,7 +18,6 @@ __all__ = [
     "PromptJob",
     "PromptSet",
     "PromptStep",
-    "check_template",
     "format_of",
     "load_prompt_set",
     "parse_prompt_set",

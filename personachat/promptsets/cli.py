@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from personachat.sampling import sampling_flag
+
 PROGRESS_LINE_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
 
 
@@ -44,7 +46,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--resume", type=Path, metavar="TRANSCRIPT", help="continue a replay transcript")
     p.add_argument("--seed", type=int, help="base seed; each job's seed derives from it (default: 0)")
-    p.add_argument("--max-tokens", type=int, help="override every pane's max_tokens")
+    p.add_argument("--max-tokens", type=sampling_flag("max_tokens"), help="override every pane's max_tokens")
     p.add_argument(
         "--group-samples",
         type=int,
@@ -108,7 +110,8 @@ async def _replay(args: argparse.Namespace, state: dict[str, Path]) -> int:
     from personachat.errors import PersonachatError
     from personachat.profile import open_profile
     from personachat.promptsets.load import load_prompt_set
-    from personachat.promptsets.replay import DEFAULT_GROUP_SAMPLES, ReplayRunner, replay_start
+    from personachat.promptsets.plan import replay_start
+    from personachat.promptsets.runner import DEFAULT_GROUP_SAMPLES, ReplayRunner
     from personachat.serving.connect import connect, needed_servers
     from personachat.transcripts.reader import read_transcript
     from personachat.transcripts.writer import TranscriptWriter, new_transcript_path

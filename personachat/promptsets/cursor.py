@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from personachat.promptsets.load import Message, PromptJob, PromptSet
+from personachat.chat import Message
+from personachat.promptsets.model import PromptJob, PromptSet
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ the only place the wire names live.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -54,9 +55,44 @@ class SessionHeader:
         )
 
 
+@dataclass(frozen=True)
+class JobRef:
+    """Which prompt-set job a response answers (replay, headless or in the app's ``/replay``)."""
+
+    question_id: str
+    paraphrase_ix: int
+    sample_ix: int
+    turn_ix: int = 0  # which of the job's turns (0: its first prompt; then its scripted follow-ups)
+    attempt: int = 0  # 1 for the first try of a headless replay, more after retries; 0 in the app
+    promptset: dict[str, Any] = field(default_factory=dict)  # {"name", "sha256", "path"}
+    will_retry: bool | None = None  # on a failed headless attempt: whether the job goes again
+
+    @property
+    def job(self) -> str:
+        """The job key ``question_id/paraphrase_ix/sample_ix``."""
+        return f"{self.question_id}/{self.paraphrase_ix}/{self.sample_ix}"
+
+
+_JOB_FIELDS = (
+    "question_id",
+    "paraphrase_ix",
+    "sample_ix",
+    "job",
+    "turn_ix",
+    "attempt",
+    "promptset",
+    "will_retry",
+)
+
+
 @dataclass
 class ResponseRecord:
-    """One answer (one sample of one pane's turn), also when cancelled or failed."""
+    """One answer (one sample of one pane's turn), also when cancelled or failed.
+
+    Every wire field is a typed field here. ``extra`` keeps keys this version does not know (from a
+    file written by a newer one) so that nothing is lost; they are written after the known fields
+    and never replace one.
+    """
 
     id: str
     session_id: str
@@ -82,27 +118,72 @@ class ResponseRecord:
     tags: list[str] = field(default_factory=list)
     parent_id: str | None = None  # this pane's previous answer in the same conversation
     created_at: str = field(default_factory=now_iso)
-    meta: dict[str, Any] = field(
-        default_factory=dict
-    )  # replay: question_id, paraphrase_ix, sample_ix, promptset
+    regenerated_from: list[str] | None = None  # a regenerated answer: the ids it replaces
+    replay: JobRef | None = None  # written as flat fields (question_id, paraphrase_ix, ...)
+    extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
     type: str = "response"
     # Filled by the reader from later annotation records; never written.
     annotations: list[AnnotationRecord] = field(default_factory=list, repr=False)
 
+    @property
+    def regenerated(self) -> bool:
+        return self.regenerated_from is not None
+
+    @property
+    def question_id(self) -> str | None:
+        return self.replay.question_id if self.replay else None
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["annotations"]
-        meta = data.pop("meta")
-        data.update(meta)
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name in ("annotations", "extra", "replay", "regenerated_from"):
+                continue
+            data[f.name] = getattr(self, f.name)
+        if self.regenerated_from is not None:
+            data["regenerated"] = True
+            data["regenerated_from"] = list(self.regenerated_from)
+        if self.replay is not None:
+            ref = self.replay
+            data.update(
+                question_id=ref.question_id,
+                paraphrase_ix=ref.paraphrase_ix,
+                sample_ix=ref.sample_ix,
+                job=ref.job,
+                turn_ix=ref.turn_ix,
+                attempt=ref.attempt,
+                promptset=dict(ref.promptset),
+            )
+            if ref.will_retry is not None:
+                data["will_retry"] = ref.will_retry
+        for key, value in self.extra.items():
+            data.setdefault(key, value)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResponseRecord:
-        known = set(cls.__dataclass_fields__) - {"meta", "annotations"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"annotations", "extra", "replay"}
         kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["meta"] = {k: v for k, v in data.items() if k not in known}
-        return cls(**kwargs)
+        replay = None
+        job = str(data["job"]).rsplit("/", 2) if isinstance(data.get("job"), str) else []
+        if len(job) != 3 or not (job[1].isdigit() and job[2].isdigit()):
+            job = []
+        if data.get("question_id") is not None or job:
+            replay = JobRef(
+                question_id=str(data["question_id"]) if data.get("question_id") is not None else job[0],
+                paraphrase_ix=int(data.get("paraphrase_ix") or (job[1] if job else 0)),
+                sample_ix=int(data.get("sample_ix") or (job[2] if job else 0)),
+                turn_ix=int(data.get("turn_ix") or 0),
+                attempt=int(data.get("attempt") or 0),
+                promptset=dict(data.get("promptset") or {}),
+                will_retry=data.get("will_retry"),
+            )
+        if data.get("regenerated") and kwargs.get("regenerated_from") is None:
+            kwargs["regenerated_from"] = []
+        extra = {
+            k: v for k, v in data.items() if k not in known and k not in _JOB_FIELDS and k != "regenerated"
+        }
+        return cls(**kwargs, replay=replay, extra=extra)
 
     @property
     def prompt(self) -> str:

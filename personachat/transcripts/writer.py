@@ -1,7 +1,11 @@
-"""Append records to a transcript file, fsync'd before a write returns, so a crash loses nothing."""
+"""Append records to a transcript file, fsync'd before a write returns, so a crash loses nothing.
+
+:class:`RecordSink` batches records that finish together into one write and one fsync (replay).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Iterable
@@ -93,3 +97,47 @@ class TranscriptWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RecordSink:
+    """Group commit: records handed in while a write+fsync runs go out together in the next one.
+
+    The write runs in a thread so a slow disk never stalls the event loop; ``write`` returns once
+    its records are durable.
+    """
+
+    def __init__(self, writer: TranscriptWriter):
+        self.writer = writer
+        self._pending: list[tuple[list[Any], asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._loop())
+
+    async def write(self, records: list[Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((records, future))
+        self._wakeup.set()
+        await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            records = [r for rs, _ in batch for r in rs]
+            try:
+                await loop.run_in_executor(None, self.writer.write_many, records)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -11,7 +11,31 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from personachat.app.slash import COMMAND_SPECS
+from personachat.app.slash_commands import COMMANDS
+
+
+def key_rows(
+    sources: list[tuple[str, list[BindingType]]], keymap: dict[str, str] | None = None
+) -> list[tuple[str, str, str]]:
+    """(keys, what, where) for every binding of ``sources`` (where, bindings), as ``keymap`` rebinds them.
+
+    Numbered bindings (pane 1-9) are shown once, as ``1…9``.
+    """
+    keymap = keymap or {}
+    rows: list[tuple[str, str, str]] = []
+    hidden = {f"{prefix}{n}" for prefix in ("app.pane", "pane.focus") for n in range(2, 10)}
+    for where, bindings in sources:
+        for binding in bindings:
+            if not isinstance(binding, Binding) or binding.id in hidden:
+                continue
+            key = keymap.get(binding.id or "", binding.key)
+            if binding.id in ("app.pane1", "pane.focus1"):
+                key = key.replace("1", "1…9")
+            shown = f"{key.replace(',', ' / ')}  [{binding.id}]" if binding.id else key.replace(",", " / ")
+            rows.append((shown, binding.tooltip or binding.description, where))
+    rows.append(("↑ / ↓", "Recall earlier prompts (kept across runs)", "prompt"))
+    rows.append(("ctrl+p", "Command palette: every command and pane action", "anywhere"))
+    return rows
 
 
 class HelpScreen(ModalScreen[None]):
@@ -42,9 +66,12 @@ class HelpScreen(ModalScreen[None]):
         parts.append(
             ("\nSlash commands (type in the prompt; Tab completes; // sends a literal /)\n", "bold $accent")
         )
-        usage_width = max(len(spec.usage) for spec in COMMAND_SPECS) + 2
-        for spec in COMMAND_SPECS:
+        usage_width = max(len(spec.usage) for spec in COMMANDS) + 2
+        for spec in COMMANDS:
             parts += [(f"  {spec.usage:<{usage_width}}", "bold"), f"{spec.help}\n"]
+            for form in spec.forms:
+                usage, _, what = form.partition("   ")
+                parts += [(f"  {usage:<{usage_width}}", "bold"), f"{what.strip()}\n"]
         parts.append(
             (
                 "\nPANE is a pane name (or its letter in /blind mode); 'all' or nothing means every pane.\n",

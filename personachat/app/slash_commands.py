@@ -1,0 +1,302 @@
+"""Every slash command of the app: what it takes, what it does, in one place each.
+
+To add a command, write a function here and decorate it with ``@COMMANDS.command(name, help,
+args=...)``: the parser, the completion hint, the help screen (F1) and the command palette
+(Ctrl+P) all read this table. A handler gets the app and the parsed :class:`Command`; it uses the
+app's public methods and raises :class:`CommandError` for anything the researcher should fix.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from personachat.app.slash import Arg, Command, CommandError, CommandTable
+
+if TYPE_CHECKING:
+    from personachat.app.app import PersonachatApp
+
+COMMANDS = CommandTable()
+command = COMMANDS.command
+
+
+def _has_judge(app: PersonachatApp) -> bool:
+    return app.profile.judge is not None
+
+
+def _replay_loaded(app: PersonachatApp) -> bool:
+    return app.replay.loaded is not None
+
+
+# -- what panes send -----------------------------------------------------------------------------
+
+
+@command(
+    "system",
+    "set the system prompt (for the next turns)",
+    target=True,
+    args=(Arg("TEXT", "text"),),
+    forms=("/system [PANE|all] --none   send no system message at all",),
+)
+def system(app: PersonachatApp, cmd: Command) -> None:
+    text = None if cmd.values[0] == "--none" else cmd.values[0]
+    app.require_session().set_system(app.pane_name(cmd.pane), text)
+    app.settings_changed()
+    where = cmd.pane or "every pane"
+    app.say(f"system prompt for {where}: " + ("none (no system message)" if text is None else repr(text)))
+
+
+def _sampling(app: PersonachatApp, cmd: Command, setting: str) -> None:
+    value = cmd.values[0]
+    app.require_session().set_sampling(app.pane_name(cmd.pane), **{setting: value})
+    app.settings_changed()
+    app.say(f"{setting}={value} for {cmd.pane or 'every pane'} (from the next turn)")
+
+
+@command("temp", "set the temperature", target=True, args=(Arg("T", "sampling", setting="temperature"),))
+def temp(app: PersonachatApp, cmd: Command) -> None:
+    _sampling(app, cmd, "temperature")
+
+
+@command("max", "set max_tokens", target=True, args=(Arg("N", "sampling", setting="max_tokens"),))
+def max_tokens(app: PersonachatApp, cmd: Command) -> None:
+    _sampling(app, cmd, "max_tokens")
+
+
+@command(
+    "seed", "set or unset the sampling seed", target=True, args=(Arg("N|none", "sampling", setting="seed"),)
+)
+def seed(app: PersonachatApp, cmd: Command) -> None:
+    _sampling(app, cmd, "seed")
+
+
+@command("n", "ask for N samples per turn", target=True, args=(Arg("N", "sampling", setting="n"),))
+def samples(app: PersonachatApp, cmd: Command) -> None:
+    _sampling(app, cmd, "n")
+
+
+@command("clear", "start a new conversation (same transcript)")
+def clear(app: PersonachatApp, cmd: Command) -> None:
+    app.clear_conversation()
+
+
+# -- annotations ---------------------------------------------------------------------------------
+
+
+@command("tag", "tag the current turn", args=(Arg("TAG", "word", repeat=True),))
+def tag(app: PersonachatApp, cmd: Command) -> None:
+    session = app.require_session()
+    for value in cmd.values[0]:
+        session.annotate("tag", value, blind=app.blind)
+    app.say(f"turn {session.turn} tagged: {' '.join(cmd.values[0])}")
+
+
+@command("note", "attach a note to the current turn", args=(Arg("TEXT", "text"),))
+def note(app: PersonachatApp, cmd: Command) -> None:
+    session = app.require_session()
+    session.annotate("note", cmd.values[0], blind=app.blind)
+    app.say(f"note added to turn {session.turn}")
+
+
+@command(
+    "label",
+    "label one pane's last answer",
+    args=(Arg("PANE[#SAMPLE]", "pane", sample=True), Arg("LABEL", "label")),
+    per_pane="Label {pane} as {label}",
+    pane_values=lambda pane, label: [pane, label],
+)
+def label(app: PersonachatApp, cmd: Command) -> None:
+    target, value = cmd.values
+    sample = 0
+    if "#" in target:
+        try:
+            sample = int(target.split("#", 1)[1]) - 1
+        except ValueError:
+            raise CommandError(f"'{target}': the sample after # must be a number") from None
+    app.label(app.resolve(target), value, sample)
+
+
+# -- what the screen shows -----------------------------------------------------------------------
+
+
+def _panes_check(cmd: Command) -> str | None:
+    if len(cmd.values) == 1:
+        return f"/panes {cmd.values[0]} needs pane names"
+    return None
+
+
+@command(
+    "panes",
+    "list, hide or show panes",
+    args=(
+        Arg("hide|show|only", "choice", optional=True, choices=("hide", "show", "only")),
+        Arg("PANE", "pane", optional=True, repeat=True, all=True),
+    ),
+    check=_panes_check,
+    per_pane="Hide pane {pane}",
+    pane_values=lambda pane, label: ["hide", [pane]],
+)
+def panes(app: PersonachatApp, cmd: Command) -> None:
+    if not cmd.values:
+        listing = ", ".join(f"{i}:{p.shown_name}" for i, p in enumerate(app.visible_panes(), 1))
+        shown_hidden = ", ".join(sorted(app.aliases_of(app.hidden))) or "none"
+        app.say(f"visible {listing} · hidden {shown_hidden} · /panes hide|show|only PANE…")
+        return
+    action: str = cmd.values[0]
+    names: list[str] = cmd.values[1]
+    chosen = set(app.panes) if "all" in names else {app.resolve(n).spec.name for n in names}
+    hidden: set[str]
+    if action == "hide":
+        hidden = app.hidden | chosen
+    elif action == "show":
+        hidden = app.hidden - chosen
+    else:
+        hidden = set(app.panes) - chosen
+    if hidden >= set(app.panes):
+        raise CommandError("that would hide every pane")
+    app.set_hidden(hidden)
+
+
+@command(
+    "zoom",
+    "show one pane full screen (again: back)",
+    args=(Arg("PANE", "pane", optional=True),),
+    per_pane="Zoom pane {pane}",
+)
+def zoom(app: PersonachatApp, cmd: Command) -> None:
+    app.action_zoom(cmd.values[0] if cmd.values else None)
+
+
+@command(
+    "markdown",
+    "render finished answers as Markdown",
+    args=(Arg("off|on|focused", "choice", optional=True, choices=("off", "on", "focused")),),
+)
+def markdown(app: PersonachatApp, cmd: Command) -> None:
+    if cmd.values:
+        app.markdown_mode = cmd.values[0]
+    else:
+        app.action_toggle_markdown()
+
+
+@command("blind", "shuffle panes and hide their names until /reveal", applies=lambda app: not app.blind)
+def blind(app: PersonachatApp, cmd: Command) -> None:
+    if app.blind:
+        app.say("already blind: /reveal shows the names")
+        return
+    app.blind = True
+    app.say("blind: panes shuffled and named A, B, …; labels are recorded blind=true; /reveal ends it")
+
+
+@command("reveal", "show pane names again", applies=lambda app: app.blind)
+def reveal(app: PersonachatApp, cmd: Command) -> None:
+    if not app.blind:
+        app.say("not in blind mode")
+        return
+    mapping = ", ".join(f"{alias}={name}" for alias, name in app.aliases.items())
+    app.blind = False
+    app.say(f"revealed: {mapping}")
+
+
+@command(
+    "diff",
+    "word-level diff of two panes' last answers",
+    args=(Arg("PANE", "pane"), Arg("PANE", "pane")),
+    applies=lambda app: len(app.visible_panes()) > 1,
+)
+def diff(app: PersonachatApp, cmd: Command) -> None:
+    from personachat.app.screens.diff import DiffScreen
+
+    first, second = (app.resolve(name) for name in cmd.values)
+    old, new = first.last_answers(), second.last_answers()
+    if not old or not new:
+        raise CommandError("both panes need an answer first")
+    app.push_screen(DiffScreen(first.shown_name, old[0], second.shown_name, new[0]))
+
+
+@command(
+    "copy",
+    "copy a pane's last answer to the clipboard",
+    args=(Arg("PANE", "pane", optional=True),),
+    per_pane="Copy last answer of {pane}",
+)
+def copy(app: PersonachatApp, cmd: Command) -> None:
+    app.action_copy_answer(cmd.values[0] if cmd.values else None)
+
+
+@command("pager", "open a pane's last answer in $PAGER", args=(Arg("PANE", "pane", optional=True),))
+def pager(app: PersonachatApp, cmd: Command) -> None:
+    app.action_pager(cmd.values[0] if cmd.values else None)
+
+
+@command("save", "save an SVG screenshot next to the transcript")
+def save(app: PersonachatApp, cmd: Command) -> None:
+    app.action_save_screenshot()
+
+
+@command("export", "write the session as Markdown and HTML next to the transcript")
+def export(app: PersonachatApp, cmd: Command) -> None:
+    from personachat.export import export_transcript
+    from personachat.transcripts.reader import read_transcript
+
+    path = app.transcript_path
+    if path is None or not path.exists():
+        raise CommandError("nothing to export yet")
+    transcript = read_transcript(path)
+    written = export_transcript(transcript, "markdown")
+    page = export_transcript(transcript, "html")
+    app.say(f"exported {written.name} and {page.name} in {written.parent}")
+
+
+# -- prompt sets and the judge -------------------------------------------------------------------
+
+
+@command(
+    "replay",
+    "load a prompt set to step through (.toml/.jsonl/.txt/.yaml); all: send the rest; off: unload",
+    args=(Arg("SET|all|off", "path", optional=True, choices=("all", "off")),),
+)
+def replay(app: PersonachatApp, cmd: Command) -> None:
+    driver = app.replay
+    if not cmd.values:
+        if driver.loaded is None:
+            raise CommandError("no prompt set loaded; usage: /replay SET")
+        app.say(f"replay {driver.loaded.position()} · /next, /prev, /replay all, /replay off")
+    elif cmd.values[0] == "all":
+        driver.send_all()
+    elif cmd.values[0] == "off":
+        driver.unload()
+    else:
+        driver.load(cmd.values[0])
+
+
+@command("next", "send the set's next prompt or turn (ctrl+n)", applies=_replay_loaded)
+def next_prompt(app: PersonachatApp, cmd: Command) -> None:
+    app.replay.send_next()
+
+
+@command("prev", "send the set's previous prompt again (ctrl+b)", applies=_replay_loaded)
+def previous_prompt(app: PersonachatApp, cmd: Command) -> None:
+    app.replay.send_previous()
+
+
+@command(
+    "judge",
+    "score new answers with the profile's judge, or stop",
+    args=(Arg("on|off", "choice", optional=True, choices=("on", "off")),),
+    applies=_has_judge,
+)
+def judge(app: PersonachatApp, cmd: Command) -> None:
+    app.judging.switch(cmd.values[0] == "on" if cmd.values else None)
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+@command("help", "every key and command")
+def show_help(app: PersonachatApp, cmd: Command) -> None:
+    app.action_help()
+
+
+@command("quit", "cancel what streams (it is recorded) and quit")
+def quit_app(app: PersonachatApp, cmd: Command) -> None:
+    app.call_next(app.action_quit)
