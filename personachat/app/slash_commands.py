@@ -74,6 +74,24 @@ def samples(app: PersonachatApp, cmd: Command) -> None:
     _sampling(app, cmd, "n")
 
 
+@command(
+    "settings",
+    "show what a pane sends: its system prompt, sampling and transform",
+    args=(Arg("PANE", "pane", optional=True),),
+    per_pane="Settings of {pane}",
+)
+def settings(app: PersonachatApp, cmd: Command) -> None:
+    pane = app.resolve(cmd.values[0]) if cmd.values else app.focused_pane()
+    if pane is None:
+        raise CommandError("no pane is visible")
+    spec = app.require_session().panes[pane.spec.name].spec
+    system = "none (no system message)" if spec.system is None else repr(spec.system)
+    transform = spec.transform
+    shown = f"prefix={transform.prefix!r} suffix={transform.suffix!r}" if transform.active else "none"
+    model = "" if app.blind else f"{spec.model} · "
+    app.say(f"pane {pane.shown_name}: {model}system {system} · {spec.sampling.short()} · transform {shown}")
+
+
 @command("clear", "start a new conversation (same transcript)")
 def clear(app: PersonachatApp, cmd: Command) -> None:
     app.clear_conversation()
