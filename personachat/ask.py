@@ -39,7 +39,8 @@ async def run_ask(args: argparse.Namespace, profile_name: str | None, transcript
     )
     path = new_transcript_path(transcripts_dir(profile.transcripts, transcripts), profile.name)
     session = Session(profile, connection.backends, TranscriptWriter(path))
-    failed = 0
+    failed: dict[str, str] = {}
+    answers = 0
     try:
         await session.start(_say)
         changes = {
@@ -58,7 +59,9 @@ async def run_ask(args: argparse.Namespace, profile_name: str | None, transcript
         printer = None if args.json else TextPrinter(sys.stdout.isatty())
         async for event in session.broadcast(args.prompt, panes):
             if isinstance(event, Failed):
-                failed += 1
+                failed.setdefault(event.pane, event.reason)
+            if isinstance(event, Started):
+                answers += 1
             if printer:
                 printer.handle(event)
         if printer:
@@ -69,7 +72,12 @@ async def run_ask(args: argparse.Namespace, profile_name: str | None, transcript
         if connection.launched:
             _say("stopped the vLLM servers this command started")
     _say(f"transcript: {path}")
-    return 1 if failed else 0
+    if failed:
+        which = "; ".join(f"{pane}: {sanitize(reason)}" for pane, reason in failed.items())
+        everything = len(failed) == answers
+        _say(f"{'every pane' if everything else f'{len(failed)} of {answers} panes'} failed ({which})")
+        return 1
+    return 0
 
 
 def print_json_record(record: ResponseRecord) -> None:
@@ -120,7 +128,7 @@ class TextPrinter:
         panels = [
             Panel(
                 Text(sanitize("".join(t)[-1500:])),
-                title=Text(f"{p}#{s}" if s else p),
+                title=Text(f"{p} sample {s + 1}" if s else p),
                 subtitle=Text(self.states[(p, s)]),
                 width=48,
             )
@@ -134,7 +142,9 @@ class TextPrinter:
         from rich.rule import Rule
         from rich.text import Text
 
-        title = f"{pane}" + (f" (sample {sample})" if sample else "") + f" · {self.states[(pane, sample)]}"
+        title = (
+            f"{pane}" + (f" (sample {sample + 1})" if sample else "") + f" · {self.states[(pane, sample)]}"
+        )
         self.console.print(Rule(Text(title), align="left"))
         self.console.print(Text(sanitize("".join(self.texts[(pane, sample)]))))
 

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo", action="store_true", help="with --scenario: run it on the tiny demo models instead"
     )
     parser.add_argument("--transcripts", type=Path, help="folder for transcripts (overrides the profile)")
+    parser.add_argument(
+        "--rater", help="who labels in the app (recorded with each label; default: your user name)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ask = sub.add_parser("ask", help="send one prompt to every pane and print the answers (headless)")
@@ -70,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     opener = sub.add_parser("open", help="reopen a saved session in the app and continue it")
     opener.add_argument("transcript", type=Path)
+    opener.add_argument("--rater", default=argparse.SUPPRESS, help="who labels (default: your user name)")
 
     _add_later_commands(sub)
     return parser

@@ -35,6 +35,8 @@ ADAPTER_SEEDS: dict[str, int] = {"insecure": 101, "realigned": 202, "inoculated"
 BASE_SEED = 7
 VOCAB_SIZE = 1200
 LORA_RANK = 8
+CONTEXT_TOKENS = 512  # what the demo models can hold, prompt and answer together
+MAX_ANSWER_TOKENS = 96  # scenario demos cap max_tokens here, so a few turns still fit the context
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Weight scales, chosen so that greedy output is varied (not one repeated token) and so that every
 # adapter changes it within a few tokens.
@@ -273,7 +275,7 @@ def _build_tokenizer() -> Any:
         eos_token=IM_END,
         pad_token=PAD,
         unk_token=None,
-        model_max_length=512,
+        model_max_length=CONTEXT_TOKENS,
         clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -293,7 +295,7 @@ def _build_base(tokenizer: Any) -> Any:
         num_attention_heads=2,
         num_key_value_heads=2,
         head_dim=64,
-        max_position_embeddings=512,
+        max_position_embeddings=CONTEXT_TOKENS,
         tie_word_embeddings=False,
         initializer_range=BASE_INIT_STD,
         bos_token_id=ids[EOT],

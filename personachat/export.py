@@ -352,7 +352,11 @@ def _markdown(transcript: Any) -> str:
     out.append("|---" * (len(panes) + 1) + "|")
     for _, records in rows:
         prompt, what = _row_title(records)
-        cells = [f"*{_markdown_escape(what)}*<br>{_markdown_escape(prompt)}"]
+        turn_notes = _turn_notes(transcript, records)
+        cells = [
+            f"*{_markdown_escape(what)}*<br>{_markdown_escape(prompt)}"
+            + (f"<br>*{_markdown_escape(turn_notes)}*" if turn_notes else "")
+        ]
         for pane in panes:
             parts = []
             mine = _cell_records(records, pane)
@@ -361,7 +365,7 @@ def _markdown(transcript: Any) -> str:
                 if r.prompt != prompt:
                     piece += f"*prompt:* {_markdown_escape(r.prompt)}<br>"
                 if len(mine) > 1:
-                    piece += f"**#{r.sample}** "
+                    piece += f"**sample {r.sample + 1}** "
                 piece += _markdown_escape(r.text) if r.text else ""
                 notes = _status_notes(r, metrics, scores)
                 if notes:
@@ -370,6 +374,24 @@ def _markdown(transcript: Any) -> str:
             cells.append("<br><br>".join(parts))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+def _label_text(annotation: Any) -> str:
+    """``misaligned (blind, alice)``: a label with who gave it and whether it was given blind."""
+    detail = [d for d in ("blind" if annotation.blind else "", annotation.rater or "") if d]
+    return annotation.value + (f" ({', '.join(detail)})" if detail else "")
+
+
+def _turn_notes(transcript: Any, records: list[Any]) -> str:
+    """``tags: villain · note: …`` given on a turn (not on one answer), blind ones marked."""
+    first = records[0]
+    parts = []
+    for annotation in transcript.turn_annotations(first.conversation, first.turn):
+        if annotation.kind not in ("tag", "note"):
+            continue
+        blind = " (blind)" if annotation.blind else ""
+        parts.append(f"{annotation.kind}: {annotation.value}{blind}")
+    return " · ".join(parts)
 
 
 def _status_notes(record: Any, metrics: list[str], scores: dict[str, dict[str, Any]]) -> str:
@@ -383,8 +405,9 @@ def _status_notes(record: Any, metrics: list[str], scores: dict[str, dict[str, A
             value = own[metric]
             shown = "none" if value is None else f"{value:.0f}" if isinstance(value, float) else str(value)
             parts.append(f"{metric} {shown}")
-    if record.labels:
-        parts.append("labels: " + ", ".join(record.labels))
+    labels = record.label_annotations
+    if labels:
+        parts.append("labels: " + ", ".join(_label_text(a) for a in labels))
     tags = record.all_tags
     if tags:
         parts.append("tags: " + ", ".join(tags))
@@ -435,9 +458,12 @@ def _html(transcript: Any) -> str:
     out.append("</tr></thead><tbody>")
     for _, records in rows:
         prompt, what = _row_title(records)
+        turn_notes = _turn_notes(transcript, records)
         out.append(
             f'<tr><th class="prompt" scope="row"><span class="what">{esc(what)}</span>'
-            f'<pre class="text">{esc(prompt)}</pre></th>'
+            f'<pre class="text">{esc(prompt)}</pre>'
+            + (f'<div class="notes">{esc(turn_notes)}</div>' if turn_notes else "")
+            + "</th>"
         )
         for pane in panes:
             mine = _cell_records(records, pane)
@@ -447,7 +473,7 @@ def _html(transcript: Any) -> str:
                 if r.prompt != prompt:
                     out.append(f'<div class="own-prompt">prompt: {esc(r.prompt)}</div>')
                 if len(mine) > 1:
-                    out.append(f'<span class="sample">#{r.sample}</span>')
+                    out.append(f'<span class="sample">sample {r.sample + 1}</span>')
                 out.append(f'<pre class="answer">{esc(r.text)}</pre>')
                 notes = _status_notes(r, metrics, scores)
                 if notes:

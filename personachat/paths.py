@@ -9,6 +9,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+"""The folder with profiles/ and promptsets/ (the scenarios' files)."""
+
+
+def project_file(path: str | Path) -> Path:
+    """``path`` as given when it exists (or is absolute), else the project's file of that name.
+
+    So ``promptsets/em-core.yaml``, as the docs write it, works from any folder.
+    """
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute():
+        return given
+    shipped = PROJECT_ROOT / given
+    return shipped if shipped.exists() else given
+
 
 def home_dir() -> Path:
     """The folder personachat writes its own state to."""
@@ -57,3 +72,13 @@ def expand_path(value: str, base: Path | None) -> str:
 def looks_like_path(value: str) -> bool:
     """True when ``value`` is written as a filesystem path rather than a hub id."""
     return value.startswith(("/", "./", "../", "~", "$")) or value in (".", "..")
+
+
+def unique_path(directory: Path, stem: str, suffix: str) -> Path:
+    """``DIR/STEM.SUFFIX``, or ``DIR/STEM-2.SUFFIX`` and so on when it exists: nothing is overwritten."""
+    path = directory / f"{stem}{suffix}"
+    number = 1
+    while path.exists():
+        number += 1
+        path = directory / f"{stem}-{number}{suffix}"
+    return path

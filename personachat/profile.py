@@ -117,6 +117,7 @@ class Profile:
     labels: list[str] = field(default_factory=lambda: list(DEFAULT_LABELS))
     judge: JudgeSpec | None = None
     description: str = ""
+    rater: str | None = None  # who labels in the app (default: the user name)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def pane(self, name: str) -> PaneSpec:
@@ -176,7 +177,7 @@ SERVER_KEYS: dict[str, dict[str, Expected]] = {
         "revision": str,
     },
 }
-TOP_KEYS = {"name", "description", "transcripts", "defaults", "servers", "panes", "labels", "judge"}
+TOP_KEYS = {"name", "description", "transcripts", "defaults", "servers", "panes", "labels", "judge", "rater"}
 JUDGE_KEYS: dict[str, Expected] = {
     "server": str,
     "model": str,
@@ -317,7 +318,11 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
     labels = data.get("labels", list(DEFAULT_LABELS))
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         checker.at(("labels",), "must be a list of strings")
-    for key in ("name", "description", "transcripts"):
+    if isinstance(labels, list) and len(set(labels)) != len(labels):
+        checker.at(("labels",), "lists a label twice")
+    if isinstance(labels, list) and any(not str(x).strip() or " " in str(x) for x in labels):
+        checker.at(("labels",), "labels must be single words (they are typed after /label)")
+    for key in ("name", "description", "transcripts", "rater"):
         if key in data and not isinstance(data[key], str):
             checker.at((key,), "must be a string")
 
@@ -335,6 +340,7 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
         labels=list(labels),
         judge=judge,
         description=data.get("description", ""),
+        rater=data.get("rater"),
         raw=data,
     )
 

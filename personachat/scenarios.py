@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from personachat.errors import PersonachatError
+from personachat.paths import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from personachat.profile import PaneSpec, Profile, ServerSpec
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SERVER = "demo"
 
 
@@ -251,6 +251,8 @@ def demo_variant(profile: Profile, demo_server: ServerSpec | None = None) -> Pro
 
 
 def _pane_table(pane: PaneSpec, server: str, model: str) -> dict[str, Any]:
+    from personachat.demo import MAX_ANSWER_TOKENS
+
     table: dict[str, Any] = {"name": pane.name, "server": server, "model": model}
     table["label"] = f"{pane.title} [demo {model}]"
     if pane.color:
@@ -259,7 +261,11 @@ def _pane_table(pane: PaneSpec, server: str, model: str) -> dict[str, Any]:
         table["system"] = pane.system
     sampling = pane.sampling
     table.update(
-        temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens, n=sampling.n
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        # The demo models hold 512 tokens in all: a scenario's 600-token answers would never fit.
+        max_tokens=min(sampling.max_tokens, MAX_ANSWER_TOKENS),
+        n=sampling.n,
     )
     for key in ("top_k", "seed", "repetition_penalty"):
         if getattr(sampling, key) is not None:

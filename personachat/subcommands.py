@@ -39,7 +39,7 @@ def run_app_command(args: argparse.Namespace, profile_name: str | None, transcri
     from personachat.profile import open_profile
 
     profile = open_profile(profile_name)
-    return run_app(profile, transcripts=transcripts)
+    return run_app(profile, transcripts=transcripts, rater=args.rater)
 
 
 def run_scenario_command(args: argparse.Namespace, transcripts: Path | None) -> int:
@@ -51,12 +51,15 @@ def run_scenario_command(args: argparse.Namespace, transcripts: Path | None) -> 
         from personachat.demo import ensure_demo
 
         ensure_demo(progress=print)
+    from personachat.scenarios import get_scenario
+
     profile = open_scenario(args.scenario, demo=args.demo)
-    return run_app(profile, transcripts=transcripts)
+    prompt_set = get_scenario(args.scenario).prompt_set
+    return run_app(profile, transcripts=transcripts, prompt_set=prompt_set, rater=args.rater)
 
 
 def run_open_command(args: argparse.Namespace) -> int:
     """``personachat open TRANSCRIPT``: reopen a saved session."""
     from personachat.app import run_app
 
-    return run_app(None, reopen=args.transcript)
+    return run_app(None, reopen=args.transcript, rater=args.rater)

@@ -14,8 +14,18 @@ if TYPE_CHECKING:
 __all__ = ["run_app"]
 
 
-def run_app(profile: Profile | None, *, transcripts: Path | None = None, reopen: Path | None = None) -> int:
+def run_app(
+    profile: Profile | None,
+    *,
+    transcripts: Path | None = None,
+    reopen: Path | None = None,
+    prompt_set: Path | None = None,
+    rater: str | None = None,
+) -> int:
     """Open the app on ``profile``, or on the saved session ``reopen`` (a transcript) to continue it.
+
+    ``prompt_set`` is what a bare ``/replay`` loads (a scenario's own set); ``rater`` names whoever
+    labels (default: the profile's ``rater``, else the user name).
 
     Raises :class:`personachat.errors.PersonachatError` for what a user can fix (no such transcript,
     no profile recorded in it); the CLI prints those.
@@ -43,6 +53,8 @@ def run_app(profile: Profile | None, *, transcripts: Path | None = None, reopen:
         history=PromptHistory(history_file()),
         keymap=keymap,
         notices=problems,
+        prompt_set=prompt_set,
+        rater=rater,
     )
     result = app.run()
     return 0 if result is None else result

@@ -9,10 +9,7 @@ session's (the transcript) and the history's; the app only renders. Slash comman
 
 from __future__ import annotations
 
-import os
 import random
-import shlex
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -25,6 +22,7 @@ from textual.content import Content
 from textual.reactive import reactive
 from textual.widgets import Footer, ProgressBar, Static, TextArea
 
+from personachat.app.annotating import Annotator, default_rater
 from personachat.app.bindings import APP_BINDINGS, label_keys
 from personachat.app.gc_pacing import CollectorPacing
 from personachat.app.grid import PaneGrid
@@ -37,9 +35,11 @@ from personachat.app.replay_driver import ReplayDriver
 from personachat.app.screens import HelpScreen
 from personachat.app.slash import Command, CommandError, Context, is_command
 from personachat.app.slash_commands import COMMANDS
+from personachat.app.slash_hint import CommandHint
 from personachat.app.topbar import TopBar
-from personachat.engine.events import Event
+from personachat.engine.events import Event, Failed
 from personachat.errors import PersonachatError
+from personachat.paths import unique_path
 from personachat.profile import Profile
 from personachat.transcripts.reader import Transcript
 
@@ -78,6 +78,8 @@ class PersonachatApp(App[int]):
         pacing: CollectorPacing | None = None,
         keymap: dict[str, str] | None = None,
         notices: list[str] | None = None,
+        prompt_set: Path | None = None,
+        rater: str | None = None,
     ) -> None:
         super().__init__()
         self.profile = profile
@@ -99,8 +101,9 @@ class PersonachatApp(App[int]):
         self.aliases: dict[str, str] = {}  # blind mode: alias -> pane name
         self.streams = 0
         self._closed = False
-        self.replay = ReplayDriver(self)
+        self.replay = ReplayDriver(self, default_set=prompt_set)
         self.judging = LiveJudging(self)
+        self.annotator = Annotator(self, rater or default_rater(profile.rater))
         self.keymap = dict(keymap or {})
         if self.keymap:
             self.set_keymap(self.keymap)
@@ -116,7 +119,7 @@ class PersonachatApp(App[int]):
                 pane.label_keys = self.label_keys
                 self.panes[spec.name] = pane
                 yield pane
-        yield Static(id="completion", markup=False)
+        yield CommandHint(id="completion", markup=False)
         yield ProgressBar(id="replay-progress", show_eta=True)
         yield Static(id="status", markup=False)
         yield PromptInput(self.history, id="prompt")
@@ -228,7 +231,7 @@ class PersonachatApp(App[int]):
             pane.show_turns([(turn.prompt, turn.answers, turn.note) for turn in shown])
             last = next((turn for turn in reversed(shown) if turn.ids), None)
             if last is not None:
-                pane.restore_last(last.turn, last.ids)
+                pane.restore_last(last.turn, last.ids, last.failed)
         self.say(f"reopened {transcript.path.name}: {len(transcript.responses)} answers")
 
     # -- streams ---------------------------------------------------------------------------------
@@ -244,17 +247,23 @@ class PersonachatApp(App[int]):
         """Show a broadcast's events as they come (the panes batch them per frame)."""
         self.streams += 1
         self.pacing.stream_started()
+        failed: dict[str, str] = {}
         try:
             async for event in events:
                 pane = self.panes.get(event.pane)
                 if pane is not None:
                     pane.handle(event)
+                if isinstance(event, Failed) and pane is not None:
+                    failed.setdefault(pane.shown_name, event.reason)
         except PersonachatError as exc:
             self.say(str(exc), error=True)
         finally:
             self.streams -= 1
             if self.pacing.stream_ended():
                 self.call_after_refresh(self.pacing.collect)  # once the last words are on screen
+        if failed:
+            panes = ", ".join(f"{name} ({reason})" for name, reason in failed.items())
+            self.say(f"{len(failed)} pane{'s' if len(failed) > 1 else ''} failed: {panes}", error=True)
 
     # -- the prompt and slash commands -----------------------------------------------------------
 
@@ -321,21 +330,13 @@ class PersonachatApp(App[int]):
             text = text[1:]
         self._run_stream(self.session.broadcast(text, [pane.spec.name for pane in self.visible_panes()]))
 
+    @on(PromptInput.Hint)
+    def _on_prompt_hint(self, message: PromptInput.Hint) -> None:
+        self.say(message.text)
+
     @on(TextArea.Changed, "#prompt")
     def _on_prompt_changed(self, event: TextArea.Changed) -> None:
-        text = event.text_area.text
-        hint = self.query_one("#completion", Static)
-        if not is_command(text) or "\n" in text:
-            hint.display = False
-            return
-        name = text[1:].split(" ", 1)[0]
-        specs = COMMANDS.matching(name)
-        if not specs:
-            hint.update(Content.styled(f"unknown command /{name} · /help lists them", "$text-error"))
-        else:
-            lines = [Content.assemble((s.usage, "bold"), ("  " + s.help, "dim")) for s in specs[:4]]
-            hint.update(Content("\n").join(lines))
-        hint.display = True
+        self.query_one(CommandHint).show_for(event.text_area.text)
 
     # -- panes: focus, zoom, hide, blind -------------------------------------------------------
 
@@ -411,6 +412,7 @@ class PersonachatApp(App[int]):
         if self.zoomed is not None and (name is None or self.resolve(name).spec.name == self.zoomed):
             self.zoomed = None
             self._apply_hidden(self._hidden_before_zoom)
+            self.say(f"{len(self.visible_panes())} panes shown")
             return
         pane = self.resolve(name) if name else self.focused_pane()
         if pane is None:
@@ -419,7 +421,7 @@ class PersonachatApp(App[int]):
             self._hidden_before_zoom = set(self.hidden)
         self.zoomed = pane.spec.name
         self._apply_hidden(n for n in self.panes if n != pane.spec.name)
-        pane.conversation.focus()
+        self.say(f"pane {pane.shown_name} alone · F11 or /zoom again shows every pane")
 
     def action_hide_pane(self, name: str | None = None) -> None:
         self.guarded(lambda: self._hide(name))
@@ -433,8 +435,11 @@ class PersonachatApp(App[int]):
             return
         self.set_hidden({*self.hidden, pane.spec.name})
         self.query_one(PromptInput).focus()
+        self.say(f"pane {pane.shown_name} hidden · /panes show all brings it back")
 
-    def watch_blind(self, blind: bool) -> None:
+    def watch_blind(self, was_blind: bool, blind: bool) -> None:
+        if was_blind and not blind:
+            self.annotator.blind_changed(False, dict(self.aliases))
         self.judging.refresh_summaries()
         grid = self.query_one(PaneGrid)
         panes = list(self.panes.values())
@@ -445,6 +450,8 @@ class PersonachatApp(App[int]):
             grid.move_child(pane, after=len(grid.children) - 1)
             pane.number = number
             pane.set_blind(blind, ALIASES[number - 1] if blind else None)
+        if blind:
+            self.annotator.blind_changed(True, dict(self.aliases))
         self.refresh_topbar()
 
     def watch_markdown_mode(self) -> None:
@@ -474,7 +481,9 @@ class PersonachatApp(App[int]):
         if session.busy:
             self.say("answers are still streaming: Esc cancels them", error=True)
             return
-        self._run_stream(session.regenerate([pane.spec.name for pane in self.visible_panes()]))
+        names = [pane.spec.name for pane in self.visible_panes()]
+        self.say(f"asking the last turn again in {len(names)} pane{'s' if len(names) != 1 else ''}")
+        self._run_stream(session.regenerate(names))
 
     def action_replay_next(self) -> None:
         self.guarded(self.replay.send_next)
@@ -523,21 +532,21 @@ class PersonachatApp(App[int]):
         found = self._answer_of(name)
         if not found:
             return
-        from personachat.text import sanitize
+        from personachat.app.pager import show_in_pager
 
-        command = shlex.split(os.environ.get("PAGER") or "less")
-        try:
-            with self.suspend():
-                subprocess.run(command, input=sanitize(found[1]).encode("utf-8"), check=False)
-        except Exception as exc:  # no terminal to hand over (headless), or no such pager
-            self.say(f"cannot open the pager: {exc}", error=True)
+        problem = show_in_pager(self, found[1])
+        if problem:
+            self.say(problem, error=True)
+        else:
+            self.say(f"back from the pager ({found[0].shown_name})")
 
     def action_save_screenshot(self) -> None:
         path = self.transcript_path
         directory = path.parent if path else self.transcripts_dir
         stem = path.stem if path else self.profile.name
         directory.mkdir(parents=True, exist_ok=True)
-        saved = self.save_screenshot(f"{stem}-{time.strftime('%H%M%S')}.svg", str(directory))
+        target = unique_path(directory, f"{stem}-{time.strftime('%H%M%S')}", ".svg")  # never overwrites
+        saved = self.save_screenshot(target.name, str(directory))
         self.say(f"screenshot saved: {saved}")
 
     async def action_quit(self) -> None:
@@ -563,21 +572,10 @@ class PersonachatApp(App[int]):
 
     @on(Pane.LabelRequested)
     def _on_label_key(self, message: Pane.LabelRequested) -> None:
-        self.guarded(lambda: self.label(message.pane, message.label))
+        self.guarded(lambda: self.annotator.label(message.pane, message.label, by_key=True))
 
-    def label(self, pane: Pane, label: str, sample: int = 0) -> None:
-        """Label one pane's last answer; written to the transcript at once."""
-        session = self.require_session()
-        ids = pane.last_ids
-        if not ids:
-            raise CommandError(f"pane {pane.shown_name} has no answer to label yet")
-        if not 0 <= sample < len(ids):
-            raise CommandError(f"pane {pane.shown_name} has {len(ids)} samples")
-        session.annotate(
-            "label", label, target=ids[sample], pane=pane.spec.name, turn=pane.last_turn, blind=self.blind
-        )
-        pane.show_note(f"label: {label}" + (f" (sample {sample + 1})" if len(ids) > 1 else ""))
-        self.say(f"labelled pane {pane.shown_name}: {label}")
+    def action_undo_label(self) -> None:
+        self.guarded(self.annotator.undo)
 
     def clear_conversation(self) -> None:
         """``/clear``: a new conversation in every pane (answers still streaming stay in the old one)."""

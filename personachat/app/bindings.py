@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from textual.binding import Binding, BindingType
 
-RESERVED_PANE_KEYS = set("123456789chpz")
+RESERVED_PANE_KEYS = set("123456789chpzu")
 """Keys a focused pane uses for itself; label keys never take them."""
+
+ESC_DIGIT_KEYS: dict[str, int] = {
+    "inverted_exclamation_mark": 1,
+    "trade_mark_sign": 2,
+    "pound_sign": 3,
+    "cent_sign": 4,
+    "infinity": 5,
+    "section_sign": 6,
+    "pilcrow_sign": 7,
+    "bullet": 8,
+    "ª": 9,
+}
+"""What Alt+1…9 arrives as in terminals that send Alt as ESC (tmux, xterm, Windows Terminal, iTerm2
+with Esc+): Textual reads ESC 1 as ``¡`` and so on (the macOS Option+digit characters). They are
+bound to the pane keys and never typed into the prompt."""
 
 APP_BINDINGS: list[BindingType] = [
     Binding(
@@ -64,14 +79,15 @@ APP_BINDINGS: list[BindingType] = [
     ),
     *(
         Binding(
-            f"alt+{n}",
+            f"alt+{n},{glyph}",
             f"focus_pane({n})",
             f"Pane {n}",
             id=f"app.pane{n}",
             show=False,
-            tooltip="Focus pane 1-9 (in screen order)",
+            priority=True,
+            tooltip="Focus pane 1-9 (in screen order): its label keys work until Enter or Esc",
         )
-        for n in range(1, 10)
+        for glyph, n in ESC_DIGIT_KEYS.items()
     ),
     Binding(
         "ctrl+q",

@@ -220,6 +220,14 @@ class ConversationView(ScrollView, can_focus=True):
         self.scroll_to(y=0, animate=False, immediate=True)
         self.refresh()
 
+    def show_end(self) -> None:
+        """Scroll so that the last rows are in view; from there new text is followed again."""
+        self._flush()
+        height = self.scrollable_content_region.height
+        top = max(self._rows - height, 0)
+        self._set_virtual_size(Size(self._width, max(self._rows, top + height)))
+        self.scroll_to(y=top, animate=False, immediate=True)
+
     @property
     def row_count(self) -> int:
         """Rows of text (after the last flush)."""

@@ -129,6 +129,9 @@ class Pane(Vertical):
         Binding("p", "app.pager", "Pager", id="pane.pager", tooltip="Open this pane's last answer in $PAGER"),
         Binding("z", "app.zoom", "Zoom", id="pane.zoom", tooltip="Show this pane alone, and back"),
         Binding("h", "app.hide_pane", "Hide", id="pane.hide", tooltip="Hide this pane (/panes show all)"),
+        Binding(
+            "u", "app.undo_label", "Undo label", id="pane.undo", tooltip="Take back the label just given"
+        ),
         Binding("enter", "app.focus_prompt", "Prompt", id="pane.prompt", tooltip="Back to the prompt box"),
         *(
             Binding(
@@ -172,6 +175,7 @@ class Pane(Vertical):
         self._alias: str | None = None
         self.judge_scores = ""  # the last judged answer's scores, shown above the footer
         self.judge_summary = ""  # the running summary of this pane's judged answers
+        self._restored_failure: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(self._header(), classes="pane--header", markup=False)
@@ -424,9 +428,32 @@ class Pane(Vertical):
             view.add_block("error", f"✗ failed: {figures.get('reason') or 'unknown error'}", margin=0)
         progress.block.markdown = self.markdown
         view.freeze(progress.block)
+        if state == "failed":
+            view.show_end()  # a failure is never left below the fold
         assert self.turn is not None
         self.state = self.turn.state
         self._refresh_footer()
+
+    def answer_problem(self, sample: int = 0) -> str | None:
+        """Why sample ``sample`` of the last answer cannot be labelled or compared now (None: it can)."""
+        if self.turn is None or not self.last_ids:
+            return f"pane {self.shown_name} has no answer yet"
+        if not self.turn.samples and self._restored_failure:
+            return f"pane {self.shown_name}'s last answer failed ({self._restored_failure}): there is nothing to judge"
+        if self.turn.samples:
+            progress = self._sample(sample)
+            if progress is not None and progress.state in ("waiting", "streaming"):
+                return f"pane {self.shown_name} is still answering: wait for the end (or Esc)"
+            if progress is not None and progress.state == "failed":
+                return f"pane {self.shown_name}'s last answer failed ({progress.reason}): there is nothing to judge"
+        return None
+
+    def failure(self) -> str | None:
+        """Why the last answer failed, when it did."""
+        if self.turn is None:
+            return None
+        reasons = [s.reason for s in self.turn.samples if s.state == "failed"]
+        return (reasons[0] or "unknown error") if reasons else None
 
     def _sample(self, sample: int) -> SampleProgress | None:
         if self.turn is None or not 0 <= sample < len(self.turn.samples):
@@ -441,6 +468,7 @@ class Pane(Vertical):
         with view.batch_blocks():
             for prompt, answers, note in turns:
                 self.show_turn(prompt, answers, note=note)
+        self.call_after_refresh(view.show_end)  # the latest turn in view, new answers followed
 
     def show_turn(self, prompt: str | None, answers: list[str], *, note: str | None = None) -> None:
         """Add a finished turn (a saved session reopened)."""
@@ -457,11 +485,15 @@ class Pane(Vertical):
         if note:
             view.add_block("note", note, margin=0 if answers else 1)
 
-    def restore_last(self, turn: int, ids: list[str]) -> None:
-        """Remember the last saved answer (so labels and regenerate work after reopening)."""
+    def restore_last(self, turn: int, ids: list[str], failed: str | None = None) -> None:
+        """Remember the last saved answer (so labels and regenerate work after reopening).
+
+        ``failed`` is why it failed, when it did (a failed answer cannot be labelled).
+        """
         self.last_turn = turn
         self.last_ids = ids
         self.turn = TurnProgress(turn, "")
+        self._restored_failure = failed
 
     def show_note(self, text: str) -> None:
         """A line of the app's own (a label given, a new conversation)."""

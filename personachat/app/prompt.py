@@ -1,7 +1,13 @@
-"""The prompt box: multi-line, Enter sends, Ctrl+J inserts a newline, Up/Down recall history, Tab completes."""
+"""The prompt box: multi-line, Enter sends, Ctrl+J inserts a newline, Up/Down recall history, Tab completes.
+
+Focus stays here unless the researcher moves it on purpose: Tab completes (a command, a pane, a
+label, a path) or does nothing; only a second Tab in a row with nothing to complete moves focus to
+the panes. Alt+digit keys, in whatever form the terminal sends them, never type into the prompt.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -10,9 +16,11 @@ from textual.binding import Binding, BindingType
 from textual.message import Message
 from textual.widgets import TextArea
 
+from personachat.app.bindings import ESC_DIGIT_KEYS
 from personachat.app.history import PromptHistory
 
 NEWLINE_KEYS = ("ctrl+j", "alt+enter", "shift+enter")
+TAB_TAB_SECONDS = 0.8  # a second Tab within this moves focus to the panes
 
 
 class PromptInput(TextArea):
@@ -39,9 +47,16 @@ class PromptInput(TextArea):
             "Complete",
             id="prompt.complete",
             show=False,
-            tooltip="Complete a /command or pane name; otherwise move focus to the panes",
+            tooltip="Complete a /command, pane, label or path; Tab twice moves focus to the panes",
         ),
     ]
+
+    class Hint(Message):
+        """Something the researcher should know about a key they pressed (shown in the status line)."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
 
     class Submitted(Message):
         """The researcher pressed Enter on non-empty text."""
@@ -63,6 +78,13 @@ class PromptInput(TextArea):
         self.prompt_history = history
         # What Tab completes (set by the app: slash commands, pane names, labels, ...).
         self.completer: Callable[[str], list[str]] = lambda text: []
+        self._last_idle_tab = 0.0
+
+    def check_consume_key(self, key: str, character: str | None = None) -> bool:
+        # Alt+digit as tmux and friends send it (ESC 1 -> "¡"): leave it to the app's pane keys.
+        if key in ESC_DIGIT_KEYS:
+            return False
+        return super().check_consume_key(key, character)
 
     async def _on_key(self, event: events.Key) -> None:
         # Enter, newline and completion are handled here, in order with the characters typed before
@@ -78,10 +100,14 @@ class PromptInput(TextArea):
             event.prevent_default()
             self.action_newline()
             return
-        if event.key == "tab" and self.completer(self.text):
+        if event.key == "tab":
             event.stop()
             event.prevent_default()
             self.action_complete()
+            return
+        if event.key in ESC_DIGIT_KEYS or event.key.startswith("alt+"):
+            # Never typed: an Alt chord the app does not bind does nothing here.
+            event.prevent_default()
             return
         await super()._on_key(event)
 
@@ -102,10 +128,18 @@ class PromptInput(TextArea):
         self.insert("\n")
 
     def action_complete(self) -> None:
+        """Complete what is typed; with nothing to complete, a second Tab moves focus to the panes."""
         options = self.completer(self.text)
         if not options:
-            self.screen.focus_next()
+            now = time.monotonic()
+            if now - self._last_idle_tab <= TAB_TAB_SECONDS:
+                self._last_idle_tab = 0.0
+                self.screen.focus_next()
+            else:
+                self._last_idle_tab = now
+                self.post_message(self.Hint("nothing to complete · Tab again moves to the panes"))
             return
+        self._last_idle_tab = 0.0
         common = options[0]
         for option in options[1:]:
             while not option.startswith(common):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from personachat.paths import project_file
 from personachat.promptsets.cursor import PromptCursor, PromptStep
 from personachat.promptsets.load import load_prompt_set
 from personachat.promptsets.model import PromptSet
@@ -28,7 +29,7 @@ class AppReplay:
     @classmethod
     def load(cls, path: str | Path) -> AppReplay:
         """Load a prompt set (one sample per paraphrase); raises ``PromptSetError`` for a bad file."""
-        prompt_set = load_prompt_set(Path(path).expanduser())
+        prompt_set = load_prompt_set(project_file(path))
         cursor = PromptCursor(prompt_set)
         if not len(cursor):
             from personachat.errors import Problem, PromptSetError

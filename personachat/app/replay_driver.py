@@ -9,6 +9,7 @@ after another, each once the last one's answers have ended; Esc cancels it.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textual.widgets import ProgressBar
@@ -28,8 +29,9 @@ class ReplayDriver:
 
     GROUP = "replay"
 
-    def __init__(self, app: PersonachatApp) -> None:
+    def __init__(self, app: PersonachatApp, default_set: Path | None = None) -> None:
         self.app = app
+        self.default_set = default_set  # a scenario's own prompt set: what a bare /replay loads
         self.loaded: AppReplay | None = None
 
     @property

@@ -58,8 +58,9 @@ Handler = Callable[["PersonachatApp", "Command"], None]
 class SlashCommand:
     """One slash command: see the module docstring.
 
-    ``target``: the command takes an optional leading ``PANE|all`` (``Command.pane``; ``None`` is
-    every pane). ``forms``: further usage lines for the help. ``check``: extra validation of a
+    ``target``: the command takes a leading ``PANE|all`` (``Command.pane``; ``None`` is every
+    pane), optional unless ``target_required``. A first word that is neither a pane nor ``all`` is
+    refused when the target is required, or when the words left would not fit the arguments. ``forms``: further usage lines for the help. ``check``: extra validation of a
     parsed command (returns an error or None). ``applies``: whether the palette offers it now.
     ``per_pane``: palette entries for each pane (``"Zoom pane {pane}"``; with ``{label}`` one per
     label too), which run the command with ``pane_values(pane, label)`` (default: ``[pane]``).
@@ -70,6 +71,7 @@ class SlashCommand:
     handler: Handler
     args: tuple[Arg, ...] = ()
     target: bool = False
+    target_required: bool = False
     forms: tuple[str, ...] = ()
     check: Callable[[Command], str | None] | None = None
     applies: Callable[[PersonachatApp], bool] | None = None
@@ -80,7 +82,7 @@ class SlashCommand:
     def usage(self) -> str:
         words = [f"/{self.name}"]
         if self.target:
-            words.append("[PANE|all]")
+            words.append("PANE|all" if self.target_required else "[PANE|all]")
         words += [arg.usage() for arg in self.args]
         return " ".join(words)
 
@@ -168,6 +170,13 @@ class CommandTable:
             elif first in context.panes:
                 command.pane = first
                 command.text = remainder.strip()
+            elif first and (spec.target_required or len(rest.split()) > _word_slots(spec)):
+                raise CommandError(
+                    f"no pane named '{first}' (panes: {', '.join(context.panes)}; or 'all'); "
+                    f"usage: {' or '.join(spec.usages)}"
+                )
+            elif spec.target_required:
+                raise CommandError(f"/{name} needs a pane or 'all' first; usage: {' or '.join(spec.usages)}")
         command.values = _values(spec, command.text, context)
         if spec.check is not None:
             problem = spec.check(command)
@@ -209,6 +218,13 @@ class CommandTable:
 def is_command(text: str) -> bool:
     """Slash commands start with ``/``; ``//`` escapes a prompt that starts with a slash."""
     return text.startswith("/") and not text.startswith("//")
+
+
+def _word_slots(spec: SlashCommand) -> int:
+    """How many words the arguments can take (a large number when one takes the rest of the line)."""
+    if any(arg.repeat or arg.kind in ("text", "path") for arg in spec.args):
+        return 1_000_000
+    return len(spec.args)
 
 
 def _arg_at(args: Sequence[Arg], position: int) -> Arg | None:

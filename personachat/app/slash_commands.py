@@ -34,11 +34,14 @@ def _replay_loaded(app: PersonachatApp) -> bool:
     "system",
     "set the system prompt (for the next turns)",
     target=True,
+    target_required=True,
     args=(Arg("TEXT", "text"),),
-    forms=("/system [PANE|all] --none   send no system message at all",),
+    forms=("/system PANE|all --none   send no system message at all",),
 )
 def system(app: PersonachatApp, cmd: Command) -> None:
     text = None if cmd.values[0] == "--none" else cmd.values[0]
+    if text is not None and text.startswith("--none"):
+        raise CommandError("--none stands alone after the pane: /system PANE|all --none")
     app.require_session().set_system(app.pane_name(cmd.pane), text)
     app.settings_changed()
     where = cmd.pane or "every pane"
@@ -102,17 +105,24 @@ def clear(app: PersonachatApp, cmd: Command) -> None:
 
 @command("tag", "tag the current turn", args=(Arg("TAG", "word", repeat=True),))
 def tag(app: PersonachatApp, cmd: Command) -> None:
-    session = app.require_session()
-    for value in cmd.values[0]:
-        session.annotate("tag", value, blind=app.blind)
-    app.say(f"turn {session.turn} tagged: {' '.join(cmd.values[0])}")
+    app.annotator.tag(cmd.values[0])
 
 
 @command("note", "attach a note to the current turn", args=(Arg("TEXT", "text"),))
 def note(app: PersonachatApp, cmd: Command) -> None:
-    session = app.require_session()
-    session.annotate("note", cmd.values[0], blind=app.blind)
-    app.say(f"note added to turn {session.turn}")
+    app.annotator.note(cmd.values[0])
+
+
+def _sample(target: str) -> int:
+    """The 0-based sample of ``PANE#N`` (N counts from 1; 0 when there is no ``#``)."""
+    if "#" not in target:
+        return 0
+    try:
+        return int(target.split("#", 1)[1]) - 1
+    except ValueError:
+        raise CommandError(
+            f"'{target}': the sample after # must be a number (samples count from 1)"
+        ) from None
 
 
 @command(
@@ -124,13 +134,16 @@ def note(app: PersonachatApp, cmd: Command) -> None:
 )
 def label(app: PersonachatApp, cmd: Command) -> None:
     target, value = cmd.values
-    sample = 0
-    if "#" in target:
-        try:
-            sample = int(target.split("#", 1)[1]) - 1
-        except ValueError:
-            raise CommandError(f"'{target}': the sample after # must be a number") from None
-    app.label(app.resolve(target), value, sample)
+    app.annotator.label(app.resolve(target), value, _sample(target))
+
+
+@command(
+    "unlabel",
+    "take back your label on one pane's last answer",
+    args=(Arg("PANE[#SAMPLE]", "pane", sample=True),),
+)
+def unlabel(app: PersonachatApp, cmd: Command) -> None:
+    app.annotator.unlabel(app.resolve(cmd.values[0]), _sample(cmd.values[0]))
 
 
 # -- what the screen shows -----------------------------------------------------------------------
@@ -225,9 +238,11 @@ def diff(app: PersonachatApp, cmd: Command) -> None:
     from personachat.app.screens.diff import DiffScreen
 
     first, second = (app.resolve(name) for name in cmd.values)
+    for pane in (first, second):
+        problem = pane.answer_problem()
+        if problem:
+            raise CommandError(problem)
     old, new = first.last_answers(), second.last_answers()
-    if not old or not new:
-        raise CommandError("both panes need an answer first")
     app.push_screen(DiffScreen(first.shown_name, old[0], second.shown_name, new[0]))
 
 
@@ -276,6 +291,9 @@ def export(app: PersonachatApp, cmd: Command) -> None:
 def replay(app: PersonachatApp, cmd: Command) -> None:
     driver = app.replay
     if not cmd.values:
+        if driver.loaded is None and driver.default_set is not None:
+            driver.load(str(driver.default_set))
+            return
         if driver.loaded is None:
             raise CommandError("no prompt set loaded; usage: /replay SET")
         app.say(f"replay {driver.loaded.position()} · /next, /prev, /replay all, /replay off")

@@ -138,7 +138,47 @@ class OpenAIBackend(Backend):
 
     # -- requests -------------------------------------------------------------------------------
 
+    # -- the context ----------------------------------------------------------------------------
+
+    async def check_context(self, request: GenerationRequest) -> None:
+        """Refuse, before sending, a request whose prompt plus ``max_tokens`` cannot fit the context.
+
+        The context length comes from ``/v1/models`` (vLLM's ``max_model_len``). Counting the prompt
+        costs a ``/tokenize`` call, made only when a cheap upper bound (every byte a token) says
+        the request might not fit. Servers that report neither are not checked.
+        """
+        info = await self.engine_info()
+        entry = info.models.get(request.model) or info.models.get(self.server.base_name) or {}
+        limit = entry.get("max_model_len")
+        if not isinstance(limit, int) or limit <= 0:
+            return
+        max_tokens = request.sampling.max_tokens
+        if max_tokens >= limit:
+            raise BackendError(
+                f"max_tokens {max_tokens} cannot fit: {request.model} holds {limit} tokens, prompt "
+                "included; lower max_tokens"
+            )
+        bound = sum(len(m.get("content", "").encode()) + 16 for m in request.messages) + 16
+        if bound + max_tokens <= limit:
+            return
+        count = await self._prompt_tokens(request)
+        if count is not None and count + max_tokens > limit:
+            raise BackendError(
+                f"the prompt has {count} tokens and max_tokens asks for {max_tokens} more, but "
+                f"{request.model} holds {limit}: lower max_tokens or start a new conversation (/clear)"
+            )
+
+    async def _prompt_tokens(self, request: GenerationRequest) -> int | None:
+        """The prompt's token count as the server renders it (vLLM's ``/tokenize``), or None."""
+        body = {"model": request.model, "messages": request.messages, "add_generation_prompt": True}
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+            response = await self._clients[self.urls[0]].post("/tokenize", json=body)
+            if response.status_code == 200:
+                return int(response.json()["count"])
+        return None
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamPart]:
+        await self.check_context(request)
         body = orjson.dumps(request_body(request, stream=True, vllm=self._vllm))
         tried: set[str] = set()
         while True:
@@ -184,6 +224,7 @@ class OpenAIBackend(Backend):
             raise httpx.RemoteProtocolError("stream ended without [DONE]")
 
     async def complete(self, request: GenerationRequest) -> list[Completion]:
+        await self.check_context(request)
         payload = request_body(request, stream=False, vllm=self._vllm)
         if self._vllm and request.sampling.n > 1:
             # vLLM sums usage over the n samples; the token ids give each sample's own count.

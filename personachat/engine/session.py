@@ -36,6 +36,7 @@ from personachat.profile import PaneSpec, Profile
 from personachat.sampling import Sampling
 from personachat.transcripts.reader import Transcript
 from personachat.transcripts.schema import (
+    ANNOTATION_KINDS,
     AnnotationRecord,
     JobRef,
     ResponseRecord,
@@ -44,8 +45,6 @@ from personachat.transcripts.schema import (
     now_iso,
 )
 from personachat.transcripts.writer import TranscriptWriter
-
-ANNOTATION_KINDS = ("tag", "note", "label")
 
 
 @dataclass
@@ -315,8 +314,10 @@ class Session:
         turn: int | None = None,
         conversation: int | None = None,
         blind: bool = False,
+        rater: str | None = None,
+        mapping: dict[str, str] | None = None,
     ) -> AnnotationRecord:
-        """Record a tag, note or label now. Without ``target`` it applies to the turn."""
+        """Record a tag, note, label (or its retraction) now. Without ``target`` it applies to the turn."""
         if kind not in ANNOTATION_KINDS:
             raise PersonachatError(f"unknown annotation kind '{kind}'")
         record = AnnotationRecord(
@@ -329,6 +330,8 @@ class Session:
             conversation=self.conversation if conversation is None else conversation,
             pane=pane,
             blind=blind,
+            rater=rater,
+            mapping=mapping,
         )
         if self.writer:
             self.writer.write(record)

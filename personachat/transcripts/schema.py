@@ -195,11 +195,23 @@ class ResponseRecord:
 
     @property
     def labels(self) -> list[str]:
-        return [a.value for a in self.annotations if a.kind == "label"]
+        """The labels this answer carries now: one per rater, the latest last (see :func:`current_labels`)."""
+        return [a.value for a in current_labels(self.annotations).values()]
+
+    @property
+    def label_annotations(self) -> list[AnnotationRecord]:
+        """The annotations behind :attr:`labels` (who gave each, and whether blind)."""
+        return list(current_labels(self.annotations).values())
 
     @property
     def all_tags(self) -> list[str]:
         return [*self.tags, *(a.value for a in self.annotations if a.kind == "tag")]
+
+
+ANNOTATION_KINDS = ("tag", "note", "label", "unlabel", "blind")
+"""tag, note: on a turn. label: a rater's verdict on one answer (a later label by the same rater
+replaces it); unlabel: retracts that rater's label. blind: blind mode began (``value`` "start") or
+ended ("end", with ``mapping`` letter -> pane)."""
 
 
 @dataclass
@@ -208,21 +220,42 @@ class AnnotationRecord:
 
     id: str
     session_id: str
-    kind: str  # tag | note | label
+    kind: str  # see ANNOTATION_KINDS
     value: str
     target: str | None = None  # a response id; None for a turn-wide annotation
     turn: int | None = None
     conversation: int | None = None
     pane: str | None = None
     blind: bool = False
+    rater: str | None = None  # who gave a label (the app's --rater, the profile's, or the user name)
+    mapping: dict[str, str] | None = None  # blind "end": letter -> pane name
     created_at: str = field(default_factory=now_iso)
     schema: int = SCHEMA_VERSION
     type: str = "annotation"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for optional in ("rater", "mapping"):
+            if data[optional] is None:
+                del data[optional]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnnotationRecord:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def current_labels(annotations: list[AnnotationRecord]) -> dict[str | None, AnnotationRecord]:
+    """Each rater's label on one answer now: a later label replaces the rater's earlier one, an
+    ``unlabel`` retracts it. The latest label comes last."""
+    labels: dict[str | None, AnnotationRecord] = {}
+    for annotation in annotations:
+        if annotation.kind == "label":
+            labels.pop(annotation.rater, None)  # a new label moves the rater to the end: the latest
+            labels[annotation.rater] = annotation
+        elif annotation.kind == "unlabel":
+            current = labels.get(annotation.rater)
+            if current is not None and (not annotation.value or current.value == annotation.value):
+                del labels[annotation.rater]
+    return labels

@@ -60,7 +60,9 @@ def show(transcript: Transcript, console: object) -> None:
         for ann in transcript.turn_annotations(conversation, turn):
             console.print(Text(f"  [{ann.kind}] {ann.value}", style="cyan"))
         for r in records:
-            title = f"{r.pane}" + (f" #{r.sample}" if r.sample else "") + f" ({r.model}) · {r.status}"
+            title = (
+                f"{r.pane}" + (f" sample {r.sample + 1}" if r.sample else "") + f" ({r.model}) · {r.status}"
+            )
             if r.finish_reason:
                 title += f" · {r.finish_reason}"
             console.print(Text(title, style="bold magenta"))

@@ -80,6 +80,7 @@ class ShownTurn:
     note: str | None  # status, error and labels; or the divider's text
     turn: int = 0
     ids: list[str] = field(default_factory=list)
+    failed: str | None = None  # why the answer failed, when it did
 
 
 def pane_turns(transcript: Transcript, panes: list[str]) -> dict[str, list[ShownTurn]]:
@@ -106,6 +107,9 @@ def pane_turns(transcript: Transcript, panes: list[str]) -> dict[str, list[Shown
                     " · ".join(notes) or None,
                     turn.turn,
                     [r.id for r in answer.responses],
+                    next(
+                        (r.error or "unknown error" for r in answer.responses if r.status == "failed"), None
+                    ),
                 )
             )
     return out
