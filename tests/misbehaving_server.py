@@ -151,7 +151,9 @@ class MisbehavingServer:
         handler.end_headers()
 
         def send(data: Any) -> None:
-            handler.wfile.write(b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n")
+            handler.wfile.write(
+                b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n"
+            )
             handler.wfile.flush()
 
         pieces = [text[i : i + b.chunk] for i in range(0, len(text), b.chunk)] or [""]

@@ -311,7 +311,13 @@ MISTAKES = [
     ("/max 0", "max_tokens must be >= 1"),
     ("/label nosuch refusal", "no pane named 'nosuch'"),
     ("/diff base", "/diff needs PANE PANE"),
-    ("/diff base insecure", "both panes need an answer first"),
+    ("/diff base insecure", "pane base has no answer yet"),
+    ("/system nosuch hello", "no pane named 'nosuch'"),
+    ("/system --none insecure", "no pane named '--none'"),
+    ("/system hello there", "no pane named 'hello'"),
+    ("/temp nosuch 0.3", "no pane named 'nosuch'"),
+    ("/label base evil", "'evil' is not one of this profile's labels"),
+    ("/tag villain", "has no turn yet"),
     ("/clear now", "/clear takes no arguments"),
     ("/", "type a command"),
 ]
@@ -338,7 +344,7 @@ class TestCommands:
             await pilot.press("/", "s", "y")
             await pilot.pause()
             hint = app.query_one("#completion")
-            assert hint.display and "/system [PANE|all] TEXT" in str(hint.render())
+            assert hint.display and "/system PANE|all TEXT" in str(hint.render())
             await pilot.press("tab")
             assert prompt.text == "/system "
             await pilot.press("i", "n", "s", "tab")

@@ -176,7 +176,9 @@ def test_importing_the_cli_and_the_data_modules_is_light() -> None:
 
 def test_architecture_doc_names_every_module() -> None:
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
-    named = {n for n in re.findall(r"`((?:[a-z_]+/)*[a-z_]+\.py)`", doc) if not n.startswith(("tests/", "bench/"))}
+    named = {
+        n for n in re.findall(r"`((?:[a-z_]+/)*[a-z_]+\.py)`", doc) if not n.startswith(("tests/", "bench/"))
+    }
     files = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")}
     assert sorted(f for f in files - named if not f.endswith("__init__.py")) == [], "modules the doc omits"
     assert sorted(named - files) == [], "modules the doc names that do not exist"

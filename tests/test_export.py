@@ -210,7 +210,7 @@ def test_markdown_table_keeps_untrusted_text_inert(transcript_path):
         assert line.replace("\\|", "").count("|") == 4
     assert "<script" not in text and "&lt;script&gt;" in text and "\\[click\\]" in text
     assert "\x1b" not in text and "line two" in table[2]
-    assert "**#1** second sample" in text  # two samples of one pane in one cell
+    assert "**sample 2** second sample" in text  # two samples of one pane in one cell
 
 
 def test_cli_and_function_write_files_next_to_the_transcript(transcript_path, capsys):

@@ -19,6 +19,7 @@ import pytest
 from personachat.adapters import check_adapters
 from personachat.backends.openai_http import OpenAIBackend
 from personachat.cli import main
+from personachat.demo import MAX_ANSWER_TOKENS
 from personachat.engine.session import Session
 from personachat.errors import PersonachatError, ServerError
 from personachat.profile import PaneSpec, Profile, ServerSpec, load_profile
@@ -307,7 +308,14 @@ def test_demo_variant_keeps_each_panes_settings_and_maps_models_deterministicall
     demo = demo_variant(profile)
     assert demo.name == f"{scenario.name}-demo"
     assert list(demo.servers) == ["demo"] and demo.servers["demo"].kind == "transformers"
-    assert [_settings(p) for p in demo.panes] == [_settings(p) for p in profile.panes]
+    # Every setting kept, but answers capped to what the demo models' 512-token context can hold.
+    capped = [
+        dataclasses.replace(
+            p, sampling=p.sampling.replace(max_tokens=min(p.sampling.max_tokens, MAX_ANSWER_TOKENS))
+        )
+        for p in profile.panes
+    ]
+    assert [_settings(p) for p in demo.panes] == [_settings(p) for p in capped]
     assert demo_variant(profile).raw == demo.raw
     stand_in: dict[tuple[str, str], str] = {}
     for real, fake in zip(profile.panes, demo.panes, strict=True):
@@ -397,9 +405,13 @@ def test_scenario_flag_opens_the_app_on_the_scenario(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: Any, demo_models: Any
 ) -> None:
     opened: list[tuple[Profile, Path | None]] = []
+    sets: list[Path | None] = []
 
-    def run_app(profile: Profile, *, transcripts: Path | None = None) -> int:
+    def run_app(
+        profile: Profile, *, transcripts: Path | None = None, prompt_set: Path | None = None, **_: Any
+    ) -> int:
         opened.append((profile, transcripts))
+        sets.append(prompt_set)
         return 0
 
     app = types.ModuleType("personachat.app")
@@ -411,6 +423,7 @@ def test_scenario_flag_opens_the_app_on_the_scenario(
     [(profile, transcripts)] = opened
     assert transcripts == tmp_path
     assert profile.name == "honesty-demo"
+    assert sets == [get_scenario("honesty").prompt_set]  # what a bare /replay loads
     assert [(p.name, p.model, p.transform.template) for p in profile.panes] == [
         ("base-followup", "base", None),
         ("honest-followup", "insecure", None),

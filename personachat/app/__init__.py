@@ -31,9 +31,8 @@ def run_app(
     no profile recorded in it); the CLI prints those.
     """
     from personachat.app.app import PersonachatApp
-    from personachat.app.bindings import binding_ids
     from personachat.app.history import PromptHistory
-    from personachat.app.keymap import load_keymap
+    from personachat.app.keymap import binding_ids, load_keymap
     from personachat.paths import history_file, keymap_file
 
     saved = None

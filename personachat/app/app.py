@@ -58,6 +58,7 @@ class PersonachatApp(App[int]):
 
     CSS_PATH = Path(__file__).with_name("personachat.tcss")
     TITLE = "personachat"
+    AUTO_FOCUS = "#prompt"  # never a pane: keys typed at start must not become labels
     COMMANDS: ClassVar = App.COMMANDS | {SlashCommandsProvider}
     BINDINGS: ClassVar[list[BindingType]] = APP_BINDINGS
 

@@ -85,7 +85,7 @@ APP_BINDINGS: list[BindingType] = [
             id=f"app.pane{n}",
             show=False,
             priority=True,
-            tooltip="Focus pane 1-9 (in screen order): its label keys work until Enter or Esc",
+            tooltip="Focus pane 1-9 (in screen order); Enter goes back to the prompt",
         )
         for glyph, n in ESC_DIGIT_KEYS.items()
     ),
@@ -109,14 +109,3 @@ def label_keys(labels: list[str]) -> dict[str, str]:
                 keys[char] = label
                 break
     return keys
-
-
-def binding_ids() -> list[str]:
-    """Every binding id a keymap may rebind (the app's, the prompt box's and a pane's)."""
-    from textual.binding import Binding
-
-    from personachat.app.pane import Pane
-    from personachat.app.prompt import PromptInput
-
-    every = [*APP_BINDINGS, *PromptInput.BINDINGS, *Pane.BINDINGS]
-    return [b.id for b in every if isinstance(b, Binding) and b.id]

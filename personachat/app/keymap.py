@@ -55,3 +55,15 @@ def load_keymap(path: Path, known_ids: Iterable[str]) -> tuple[dict[str, str], l
         else:
             keymap[binding_id] = keys.replace(" ", "")
     return keymap, problems
+
+
+def binding_ids() -> list[str]:
+    """Every binding id a keymap may rebind (the app's, the prompt box's and a pane's)."""
+    from textual.binding import Binding
+
+    from personachat.app.bindings import APP_BINDINGS
+    from personachat.app.pane import Pane
+    from personachat.app.prompt import PromptInput
+
+    every = [*APP_BINDINGS, *PromptInput.BINDINGS, *Pane.BINDINGS]
+    return [b.id for b in every if isinstance(b, Binding) and b.id]

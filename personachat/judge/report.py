@@ -40,6 +40,7 @@ class ReportData:
     panes: list[str]  # in order of first appearance
     questions: dict[str, str]  # question key (question_id, else the prompt) -> the prompt first seen
     finished: int = 0  # finished responses in all transcripts
+    judged: int = 0  # finished responses with at least one judge record
     judges: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # metric -> {(model, prompt sha)}
     methods: dict[str, set[str]] = field(default_factory=dict)  # metric -> scoring methods seen
     profile_rule: str | None = None  # [judge] rule of the first transcript's profile
@@ -79,6 +80,7 @@ def load_rows(paths: Sequence[Path | str]) -> ReportData:
             if not mine:
                 unjudged.append((response.pane, key, tags, human))
                 continue
+            data.judged += 1
             for metric, record in mine.items():
                 data.judges.setdefault(metric, set()).add((record.judge.model, record.prompt_sha256))
                 data.methods.setdefault(metric, set()).add(record.method)
@@ -207,7 +209,7 @@ def head_lines(report: Report) -> list[str]:
     judged = sum(1 for r in d.rows if r.aligned is not None or r.coherent is not None)
     lines = [
         f"personachat report: {len(d.paths)} transcript(s), {len(d.panes)} pane(s), "
-        f"{len(d.questions)} question(s), {d.finished} finished response(s), {len(d.rows)} judged "
+        f"{len(d.questions)} question(s), {d.finished} finished response(s), {d.judged} judged "
         f"({judged} with a score)",
         report.rule.describe(),
         f"base pane: {report.base}" if report.base else "base pane: none (use --base PANE)",

@@ -11,6 +11,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from personachat.app.bindings import ESC_DIGIT_KEYS
 from personachat.app.slash_commands import COMMANDS
 
 
@@ -29,10 +30,12 @@ def key_rows(
             if not isinstance(binding, Binding) or binding.id in hidden:
                 continue
             key = keymap.get(binding.id or "", binding.key)
+            # The forms terminals send Alt+digit as (ESC 1 reads as "¡") are the same key: not listed.
+            key = ",".join(k for k in key.split(",") if k not in ESC_DIGIT_KEYS)
             if binding.id in ("app.pane1", "pane.focus1"):
                 key = key.replace("1", "1…9")
-            shown = f"{key.replace(',', ' / ')}  [{binding.id}]" if binding.id else key.replace(",", " / ")
-            rows.append((shown, binding.tooltip or binding.description, where))
+            place = f"{where} · {binding.id}" if binding.id else where
+            rows.append((key.replace(",", " / "), binding.tooltip or binding.description, place))
     rows.append(("↑ / ↓", "Recall earlier prompts (kept across runs)", "prompt"))
     rows.append(("ctrl+p", "Command palette: every command and pane action", "anywhere"))
     return rows
@@ -55,18 +58,23 @@ class HelpScreen(ModalScreen[None]):
             yield Static(self._content(), id="help-text", markup=False)
 
     def _content(self) -> Content:
-        width = max(len(key) for key, _, _ in self.keys) + 2
+        width = min(max(len(key) for key, _, _ in self.keys), 20) + 2
         parts: list[str | tuple[str, str]] = [("Keys\n", "bold $accent")]
         for key, what, where in self.keys:
-            parts += [(f"  {key:<{width}}", "bold"), what, (f"  ({where})\n" if where else "\n", "dim")]
+            parts += [(f"  {key:<{width}} ", "bold"), what, (f"  [{where}]\n" if where else "\n", "dim")]
         if self.labels:
-            parts.append(("\nLabel keys (with a pane focused: click it or press 1-9)\n", "bold $accent"))
+            parts.append(
+                (
+                    "\nLabel keys (in a focused pane only: click it, Alt+1…9, or Tab Tab; u takes a label back)\n",
+                    "bold $accent",
+                )
+            )
             for key, label in self.labels:
                 parts += [(f"  {key:<{width}}", "bold"), f"label the pane's last answer '{label}'\n"]
         parts.append(
             ("\nSlash commands (type in the prompt; Tab completes; // sends a literal /)\n", "bold $accent")
         )
-        usage_width = max(len(spec.usage) for spec in COMMANDS) + 2
+        usage_width = min(max(len(spec.usage) for spec in COMMANDS), 32) + 2
         for spec in COMMANDS:
             parts += [(f"  {spec.usage:<{usage_width}}", "bold"), f"{spec.help}\n"]
             for form in spec.forms:
@@ -74,7 +82,9 @@ class HelpScreen(ModalScreen[None]):
                 parts += [(f"  {usage:<{usage_width}}", "bold"), f"{what.strip()}\n"]
         parts.append(
             (
-                "\nPANE is a pane name (or its letter in /blind mode); 'all' or nothing means every pane.\n",
+                "\nPANE is a pane name (or its letter in /blind mode); 'all' (or, where it is in brackets,"
+                " nothing) means every pane. Keys can be rebound in $PERSONACHAT_HOME/keymap.toml by the"
+                " ids in brackets (docs/app.md).\n",
                 "dim",
             )
         )
