@@ -16,6 +16,7 @@ from typing import Any
 COMMAND_MODULES = [
     "personachat.promptsets.cli",
     "personachat.judge.cli",
+    "personachat.judge.report_cli",
     "personachat.scenarios",
     "personachat.export",
 ]

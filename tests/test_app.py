@@ -408,7 +408,7 @@ class TestCommands:
             await pilot.press("escape")
             assert not isinstance(app.screen, DiffScreen)
             await send(pilot, app, "/copy insecure")
-            assert app.clipboard == answers["insecure"]  # raw, as recorded
+            assert app.clipboard == sanitize(answers["insecure"])  # as shown (the demo models print controls)
             await pilot.press("f2")
             assert app.markdown_mode == "on" and app.panes["base"].markdown
             await send(pilot, app, "/markdown focused")
@@ -534,7 +534,7 @@ class TestUntrustedText:
             assert app.panes["insecure"].region.width == app.panes["base"].region.width  # layout intact
             await pilot.click(ConversationView)
             await pilot.press("c")
-            assert app.clipboard == HOSTILE  # the raw answer, exactly as recorded
+            assert app.clipboard == sanitize(HOSTILE)  # sanitised: no escape rides along in OSC 52
             assert records(app).response(app.panes["base"].last_ids[0]).text == HOSTILE
             assert app.is_running
 
@@ -577,8 +577,36 @@ class TestReopen:
         assert sum(1 for line in path.read_text().splitlines() if '"type":"session"' in line) == 1
 
 
+    async def test_reopen_shows_the_latest_turn_and_follows_new_answers(self, tmp_path: Path) -> None:
+        app = make_app(tmp_path, demo_profile(2))
+        async with app.run_test(size=(70, 20)) as pilot:
+            await ready(pilot, app)
+            for number in range(8):
+                await send(pilot, app, f"question {number}")
+                await settle(pilot, app)
+            path = app.transcript_path
+        assert path is not None
+        saved = read_transcript(path)
+
+        def at_the_end(view: ConversationView) -> bool:
+            return view.scroll_offset.y + view.scrollable_content_region.height >= view.row_count
+
+        app = PersonachatApp(profile_of(saved), reopen=saved, history=PromptHistory(None))
+        async with app.run_test(size=(70, 20)) as pilot:
+            await ready(pilot, app)
+            await pilot.pause(0.2)
+            answered = [app.panes[name] for name in ("base", "insecure")]
+            for pane in answered:
+                view = pane.conversation
+                assert view.row_count > view.scrollable_content_region.height  # more than a screen
+                assert at_the_end(view) and "question 7" in "\n".join(view.rows_text()[-12:])
+            await send(pilot, app, "one more")
+            await settle(pilot, app)
+            assert all(at_the_end(pane.conversation) for pane in answered)
+
+
 def test_pane_keys_do_not_clash_with_label_keys() -> None:
     keys = label_keys(["misaligned", "aligned", "refusal", "incoherent", "harmful", "cute"])
     assert set(keys.values()) == {"misaligned", "aligned", "refusal", "incoherent", "harmful", "cute"}
-    assert not set(keys) & {"c", "h", "p", "z", "1"}
+    assert not set(keys) & {"c", "h", "p", "u", "z", "1"}
     assert Pane.BINDINGS  # the pane's own keys exist

@@ -525,7 +525,10 @@ class PersonachatApp(App[int]):
     def action_copy_answer(self, name: str | None = None) -> None:
         found = self._answer_of(name)
         if found:
-            pane, text = found
+            from personachat.text import sanitize
+
+            pane, raw = found
+            text = sanitize(raw)  # the clipboard is a terminal escape (OSC 52): nothing raw goes through it
             self.copy_to_clipboard(text)
             self.say(f"copied {len(text)} characters of pane {pane.shown_name}")
 

@@ -185,6 +185,8 @@ def panes(app: PersonachatApp, cmd: Command) -> None:
     if hidden >= set(app.panes):
         raise CommandError("that would hide every pane")
     app.set_hidden(hidden)
+    shown_hidden = ", ".join(sorted(app.aliases_of(hidden))) or "none"
+    app.say(f"{len(app.panes) - len(hidden)} panes shown · hidden: {shown_hidden}")
 
 
 @command(

@@ -268,7 +268,8 @@ class EmbeddedBackend(Backend):
             raise BackendError(
                 f"this model's maximum context length is {rt.max_context} tokens; the prompt has "
                 f"{len(prompt)} and max_tokens asks for {s.max_tokens} more: lower max_tokens or "
-                "start a new conversation"
+                "start a new conversation",
+                kind="context",
             )
         job.prompt_tokens = len(prompt)
         ignore_eos = bool(job.request.extra.get("ignore_eos", False))

@@ -156,7 +156,8 @@ class OpenAIBackend(Backend):
         if max_tokens >= limit:
             raise BackendError(
                 f"max_tokens {max_tokens} cannot fit: {request.model} holds {limit} tokens, prompt "
-                "included; lower max_tokens"
+                "included; lower max_tokens",
+                kind="context",
             )
         bound = sum(len(m.get("content", "").encode()) + 16 for m in request.messages) + 16
         if bound + max_tokens <= limit:
@@ -165,7 +166,8 @@ class OpenAIBackend(Backend):
         if count is not None and count + max_tokens > limit:
             raise BackendError(
                 f"the prompt has {count} tokens and max_tokens asks for {max_tokens} more, but "
-                f"{request.model} holds {limit}: lower max_tokens or start a new conversation (/clear)"
+                f"{request.model} holds {limit}: lower max_tokens or start a new conversation (/clear)",
+                kind="context",
             )
 
     async def _prompt_tokens(self, request: GenerationRequest) -> int | None:

@@ -39,7 +39,7 @@ _CONTEXT_ERROR = re.compile(r"context length|context window|too long|max_model_l
 
 def is_context_error(exc: BackendError) -> bool:
     """Whether the server refused a request because the prompt does not fit the model's context."""
-    return exc.status == 400 and bool(_CONTEXT_ERROR.search(str(exc)))
+    return exc.kind == "context" or (exc.status == 400 and bool(_CONTEXT_ERROR.search(str(exc))))
 
 
 def cut_answer(answer: str, chars: int) -> str:

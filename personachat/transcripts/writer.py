@@ -40,7 +40,8 @@ class TranscriptWriter:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            # 0o666 less the umask, as every research file (a collaborator's group can read it).
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as exc:
             raise TranscriptError(f"cannot open transcript {self.path}: {exc.strerror}") from None
         size = os.fstat(self._fd).st_size
