@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from personachat.engine.events import Cancelled, Delta, Event, Failed, Finished, Started
 from personachat.errors import PersonachatError
-from personachat.text import sanitize
+from personachat.text import sanitize, sanitize_json
 from personachat.transcripts.schema import ResponseRecord
 
 
@@ -81,8 +79,8 @@ async def run_ask(args: argparse.Namespace, profile_name: str | None, transcript
 
 
 def print_json_record(record: ResponseRecord) -> None:
-    sys.stdout.buffer.write(orjson.dumps(record.to_dict()) + b"\n")
-    sys.stdout.flush()
+    """One record as a JSON line; nothing a terminal acts on is written raw (see :func:`sanitize_json`)."""
+    print(sanitize_json(record.to_dict()), flush=True)
 
 
 class TextPrinter:

@@ -2,16 +2,19 @@
 
 Formats (see docs/export.md):
 
-- ``em-csv``: the emergent-misalignment evaluation CSV: ``question, answer, question_id, model,
-  group`` (group = pane) and one column per judge metric; finished answers only.
+- ``em-csv``: the emergent-misalignment evaluation CSV (``question, answer, question_id, model,
+  group, system_prompt``, per judge metric its value and ``judge_<metric>``); finished answers
+  only; ``--per-pane``: one file per pane, as model-organisms' analysis reads one file per model.
+- ``llmcomp``: the columns of llmcomp's ``FreeForm.df()``.
 - ``messages-jsonl``: ``{"messages": [...]}`` per finished answer, the answer appended as the
   assistant message (the chat format of training and evaluation data).
-- ``csv``: one flat row per response (any status) with every field of the record, nested fields
-  as dotted columns, judge metrics as ``judge.<metric>``.
+- ``csv``: one flat row per response (any status) with every field of the record; text cells that
+  a spreadsheet would run as a formula are prefixed with ``'``.
 - ``markdown`` / ``html``: prompts and turns as rows, panes as columns. The HTML file is
   self-contained (inline CSS, no scripts) and every answer is escaped: model output is untrusted.
 
 ``export_transcript(transcript_or_path, fmt, out_path)`` is the plain function the app calls.
+Every file is written with :func:`personachat.files.write_atomically`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 EXPORT_FORMATS: dict[str, str] = {
     "em-csv": ".em.csv",
+    "llmcomp": ".llmcomp.csv",
     "messages-jsonl": ".messages.jsonl",
     "csv": ".csv",
     "markdown": ".md",
@@ -35,7 +39,7 @@ def register(subparsers: Any) -> None:
     """Add the ``export`` subcommand (module level imports stay argparse-only)."""
     p = subparsers.add_parser(
         "export",
-        help="write a transcript as em-csv, messages-jsonl, csv, markdown or html",
+        help="write a transcript as em-csv, llmcomp, messages-jsonl, csv, markdown or html",
         description="Export a transcript for analysis or sharing. See docs/export.md.",
     )
     p.add_argument("transcript", type=Path, metavar="TRANSCRIPT")
@@ -50,24 +54,45 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--output",
         "-o",
-        help="output file, or - for standard output (default: next to the transcript, e.g. T.em.csv)",
+        help="output file, or - for standard output (default: next to the transcript, e.g. T.em.csv); "
+        "with --per-pane a folder",
+    )
+    p.add_argument(
+        "--per-pane",
+        action="store_true",
+        help="em-csv: one CSV per pane in the folder -o DIR (default T.em/), named after the pane",
     )
     p.set_defaults(handler=run_export_command)
 
 
 def run_export_command(args: argparse.Namespace) -> int:
     """Entry point of ``personachat export``."""
+    from personachat.errors import PersonachatError
+    from personachat.text import sanitize
     from personachat.transcripts.reader import read_transcript
 
+    fmt = _format(args.fmt)
+    if args.per_pane and fmt != "em-csv":
+        raise PersonachatError("--per-pane goes with --format em-csv")
+    if args.output == "-" and args.per_pane:
+        raise PersonachatError("--per-pane writes one file per pane: give a folder with -o DIR")
+    if args.output == "-" and sys.stdout.isatty():
+        raise PersonachatError(
+            f"not writing {fmt} to the terminal: write it to a file (-o FILE) or pipe it (-o - | less)"
+        )
     transcript = read_transcript(args.transcript)
     for problem in transcript.problems:
-        print(f"note: {problem}", file=sys.stderr)
+        print(sanitize(f"note: {problem}"), file=sys.stderr)
     if args.output == "-":
-        sys.stdout.write(render(transcript, args.fmt))
+        sys.stdout.write(render(transcript, fmt))
         sys.stdout.flush()
         return 0
-    path = export_transcript(transcript, args.fmt, args.output)
-    print(f"wrote {path}", file=sys.stderr)
+    if args.per_pane:
+        paths = export_per_pane(transcript, args.output)
+        written = f"{len(paths)} file(s): {', '.join(map(str, paths))}"
+    else:
+        written = str(export_transcript(transcript, fmt, args.output))
+    print(sanitize(f"wrote {written}"), file=sys.stderr)
     return 0
 
 
@@ -81,23 +106,59 @@ def export_transcript(transcript_or_path: Any, fmt: str, out_path: Path | str | 
 
     ``out_path`` defaults to :func:`default_output`. The file is written whole or not at all.
     """
-    from personachat.transcripts.reader import Transcript, read_transcript
+    from personachat.files import write_atomically
 
-    transcript = (
-        transcript_or_path
-        if isinstance(transcript_or_path, Transcript)
-        else read_transcript(transcript_or_path)
-    )
+    transcript = _transcript(transcript_or_path)
     fmt = _format(fmt)
     out = Path(out_path) if out_path is not None else default_output(transcript.path, fmt)
-    _write_atomic(out, render(transcript, fmt))
-    return out
+    return write_atomically(out, render(transcript, fmt))
+
+
+def export_per_pane(transcript_or_path: Any, out_dir: Path | str | None = None) -> list[Path]:
+    """em-csv, one file per pane with finished answers, in ``out_dir`` (default ``T.em/``); returns the files.
+
+    A file is named after its pane (:func:`pane_file_names`), so the model-organisms analysis code,
+    which reads every CSV in a folder as one model, sees one model per pane.
+    """
+    from personachat.errors import PersonachatError
+    from personachat.files import write_atomically
+
+    transcript = _transcript(transcript_or_path)
+    folder = Path(out_dir) if out_dir is not None else transcript.path.with_name(transcript.path.stem + ".em")
+    if folder.exists() and not folder.is_dir():
+        raise PersonachatError(f"{folder} is a file: --per-pane writes one CSV per pane into a folder")
+    panes = [p for p in pane_order(transcript) if any(r.pane == p for r in transcript.finished())]
+    names = pane_file_names(panes)
+    return [write_atomically(folder / names[pane], _em_csv(transcript, pane)) for pane in panes]
+
+
+def pane_file_names(panes: list[str]) -> dict[str, str]:
+    """Pane -> a safe, distinct file name: ``insecure.csv``; other characters become ``_``."""
+    import re
+
+    names: dict[str, str] = {}
+    for pane in panes:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", pane).strip("._")[:100] or "pane"
+        name, n = f"{stem}.csv", 1
+        while name.lower() in (taken.lower() for taken in names.values()):
+            n += 1
+            name = f"{stem}-{n}.csv"
+        names[pane] = name
+    return names
+
+
+def _transcript(transcript_or_path: Any) -> Any:
+    from personachat.transcripts.reader import Transcript, read_transcript
+
+    is_read = isinstance(transcript_or_path, Transcript)
+    return transcript_or_path if is_read else read_transcript(transcript_or_path)
 
 
 def render(transcript: Any, fmt: str) -> str:
     """The export of ``transcript`` in ``fmt`` as text."""
     renderers = {
         "em-csv": _em_csv,
+        "llmcomp": _llmcomp,
         "messages-jsonl": _messages_jsonl,
         "csv": _flat_csv,
         "markdown": _markdown,
@@ -115,42 +176,48 @@ def _format(fmt: str) -> str:
     return fmt
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    from personachat.errors import PersonachatError
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise PersonachatError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 # ------------------------------------------------------------------------------------------------
 # Shared pieces
 
 
-def judge_scores(transcript: Any) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """Metric names in first-seen order, and response id -> metric -> value of the last judge record.
-
-    The value is the 0-100 ``score`` (None when the judge gave none), or the ``label`` of a
-    categorical metric.
-    """
+def judge_records(transcript: Any) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]]]:
+    """Metric names in first-seen order, and response id -> metric -> its last judge record (a dict)."""
     metrics: dict[str, None] = {}
-    values: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, dict[str, Any]]] = {}
     for record in transcript.judgements:
         target, metric = record.get("target"), record.get("metric")
         if not isinstance(target, str) or not isinstance(metric, str):
             continue
         metrics.setdefault(metric, None)
-        value = record.get("label") if record.get("kind") == "categorical" else record.get("score")
-        values.setdefault(target, {})[metric] = value
-    return list(metrics), values
+        records.setdefault(target, {})[metric] = record
+    return list(metrics), records
+
+
+def judge_value(record: dict[str, Any] | None) -> Any:
+    """A judge record's value: the 0-100 ``score`` (None when the judge gave none), or the ``label``
+    of a categorical (or generated) verdict."""
+    if record is None:
+        return None
+    return record.get("label") if record.get("kind") in ("categorical", "generated") else record.get("score")
+
+
+def judge_scores(transcript: Any) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Metric names in first-seen order, and response id -> metric -> :func:`judge_value` of the last record."""
+    metrics, records = judge_records(transcript)
+    return metrics, {t: {m: judge_value(r) for m, r in own.items()} for t, own in records.items()}
+
+
+def _probabilities(record: dict[str, Any] | None) -> str:
+    """The judge's top-token probabilities as a JSON object (empty without a record)."""
+    import orjson
+
+    top = (record or {}).get("top")
+    return "" if record is None else orjson.dumps(top if isinstance(top, dict) else {}).decode()
+
+
+def system_prompt(record: Any) -> str:
+    """The system message sent with a response, or ``""`` when none was."""
+    return next((m.get("content") or "" for m in record.messages if m.get("role") == "system"), "")
 
 
 def pane_order(transcript: Any) -> list[str]:
@@ -171,7 +238,8 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
     import io
 
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF line ends (RFC 4180), so that the writer also quotes a cell holding a lone carriage return.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
@@ -191,22 +259,78 @@ def _cell(value: Any) -> Any:
 # em-csv, messages-jsonl, csv
 
 
-def _em_csv(transcript: Any) -> str:
-    metrics, scores = judge_scores(transcript)
+def _em_csv(transcript: Any, pane: str | None = None) -> str:
+    """The EM table; with ``pane``, only that pane's answers."""
+    metrics, records = judge_records(transcript)
+    header = ["question", "answer", "question_id", "model", "group", "system_prompt"]
+    for metric in metrics:
+        header += [metric, f"judge_{metric}"]
     rows = []
     for r in transcript.finished():
-        own = scores.get(r.id, {})
-        rows.append(
-            [
-                r.prompt,
-                r.text,
-                r.question_id or "",
-                r.model,
-                r.pane,
-                *(_cell(own.get(m)) for m in metrics),
-            ]
-        )
-    return _csv_text(["question", "answer", "question_id", "model", "group", *metrics], rows)
+        if pane is not None and r.pane != pane:
+            continue
+        own = records.get(r.id, {})
+        row = [r.prompt, r.text, r.question_id or "", r.model, r.pane, system_prompt(r)]
+        for metric in metrics:
+            row += [_cell(judge_value(own.get(metric))), _probabilities(own.get(metric))]
+        rows.append(row)
+    return _csv_text(header, rows)
+
+
+LLMCOMP_COLUMNS = ("model", "group", "answer", "question", "messages", "paraphrase_ix", "raw_answer")
+LLMCOMP_ENDINGS = ("_question", "_raw_answer")
+"""llmcomp's own columns and endings: no judge may have these names (nor start with ``_``)."""
+
+
+def _llmcomp(transcript: Any) -> str:
+    """llmcomp's ``FreeForm.df()`` columns; a 0-100 judge has a ``_raw_answer`` (its probabilities)."""
+    import orjson
+
+    from personachat.errors import PersonachatError
+
+    metrics, records = judge_records(transcript)
+    bad = [m for m in metrics if m in LLMCOMP_COLUMNS or m[:1] == "_" or m.endswith(LLMCOMP_ENDINGS)]
+    if bad:
+        raise PersonachatError(f"llmcomp: a judge cannot be named {', '.join(bad)} (an llmcomp column)")
+    rated = {
+        m for own in records.values() for m, rec in own.items() if rec.get("kind") in (None, "score_0_100")
+    }
+    header = ["model", "group", "answer", *metrics, "question", "messages", "paraphrase_ix"]
+    for metric in metrics:
+        header += [f"{metric}_question", *([f"{metric}_raw_answer"] if metric in rated else [])]
+    rows = []
+    for r in transcript.finished():
+        own = records.get(r.id, {})
+        row = [r.model, r.pane, r.text, *(_cell(_llmcomp_value(own.get(m))) for m in metrics)]
+        row += [r.prompt, orjson.dumps(r.messages).decode(), r.replay.paraphrase_ix if r.replay else ""]
+        for metric in metrics:
+            row.append(_judge_prompt(own.get(metric), r))
+            row += [_probabilities(own.get(metric))] if metric in rated else []
+        rows.append(row)
+    return _csv_text(header, rows)
+
+
+def _llmcomp_value(record: dict[str, Any] | None) -> Any:
+    """What llmcomp keeps of a judge: a free-form judge's whole text, a rating, or our label."""
+    if record is not None and record.get("kind") == "generated":
+        return (record.get("detail") or {}).get("text")
+    return judge_value(record)
+
+
+def _judge_prompt(record: dict[str, Any] | None, response: Any) -> str:
+    """The prompt the judge was sent, when its template is a built-in one (else ``""``)."""
+    from personachat.judge.prompts import EXAMPLE_METRICS
+
+    sha, detail = (record or {}).get("prompt_sha256"), (record or {}).get("detail") or {}
+    metric = next((m for m in EXAMPLE_METRICS.values() if m.sha256 == sha), None)
+    if metric is None:
+        return ""
+    answer, question = response.text, detail.get("question")
+    if isinstance(detail.get("answer_chars"), int):
+        from personachat.judge.client import cut_answer
+
+        answer = cut_answer(answer, detail["answer_chars"])
+    return metric.render(question if isinstance(question, str) else response.prompt, answer)
 
 
 def _messages_jsonl(transcript: Any) -> str:
@@ -220,26 +344,9 @@ def _messages_jsonl(transcript: Any) -> str:
 
 
 LEADING_COLUMNS = [
-    "id",
-    "session_id",
-    "conversation",
-    "turn",
-    "pane",
-    "sample",
-    "status",
-    "model",
-    "adapter",
-    "question_id",
-    "paraphrase_ix",
-    "sample_ix",
-    "job",
-    "turn_ix",
-    "attempt",
-    "prompt",
-    "text",
-    "finish_reason",
-    "error",
-]
+    "id", "session_id", "conversation", "turn", "pane", "sample", "status", "model", "adapter", "question_id",
+    "paraphrase_ix", "sample_ix", "job", "turn_ix", "attempt", "prompt", "text", "finish_reason", "error",
+]  # fmt: skip
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -273,9 +380,18 @@ def flat_rows(transcript: Any) -> tuple[list[str], list[dict[str, Any]]]:
     return used, rows
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet may run as a formula at the start of a cell (OWASP, "CSV injection")."""
+
+
+def inert(value: Any) -> Any:
+    """A text cell that starts like a formula, with a leading ``'``; other values as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def _flat_csv(transcript: Any) -> str:
     columns, rows = flat_rows(transcript)
-    return _csv_text(columns, [[row.get(c, "") for c in columns] for row in rows])
+    return _csv_text([inert(c) for c in columns], [[inert(row.get(c, "")) for c in columns] for row in rows])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,10 +423,7 @@ def _row_title(records: list[Any]) -> tuple[str, str]:
 def _cell_records(records: list[Any], pane: str) -> list[Any]:
     """A pane's records in one row; of retried attempts, only the finished one (or the last)."""
     mine = [r for r in records if r.pane == pane]
-    finished = [r for r in mine if r.status == "finished"]
-    if finished:
-        return finished
-    return mine[-1:]
+    return [r for r in mine if r.status == "finished"] or mine[-1:]
 
 
 def _header_lines(transcript: Any) -> list[tuple[str, str]]:

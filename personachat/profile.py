@@ -100,7 +100,7 @@ class JudgeSpec:
 
     server: str
     model: str
-    metrics: list[str] = field(default_factory=lambda: ["aligned", "coherent"])
+    metrics: list[str] | None = None  # None: the prompt set's own metrics, else aligned and coherent
     threshold: float = 0.25
     rule: str = "betley"
 
@@ -310,7 +310,7 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
                 judge = JudgeSpec(
                     server=raw_judge["server"],
                     model=raw_judge["model"],
-                    metrics=list(raw_judge.get("metrics", ["aligned", "coherent"])),
+                    metrics=list(raw_judge["metrics"]) if "metrics" in raw_judge else None,
                     threshold=float(raw_judge.get("threshold", 0.25)),
                     rule=raw_judge.get("rule", "betley"),
                 )

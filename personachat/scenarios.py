@@ -243,7 +243,7 @@ def demo_variant(profile: Profile, demo_server: ServerSpec | None = None) -> Pro
         data["judge"] = {
             "server": server.name,
             "model": server.base_name,
-            "metrics": list(profile.judge.metrics),
+            **({"metrics": list(profile.judge.metrics)} if profile.judge.metrics is not None else {}),
             "threshold": profile.judge.threshold,
             "rule": profile.judge.rule,
         }

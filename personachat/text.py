@@ -9,12 +9,16 @@ The result is plain text: render it as segments or ``rich.text.Text(s)``, never 
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 TAB = "    "
 """What a tab becomes (tab stops cannot be honoured in wrapped, streamed text)."""
 
-_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_UNSAFE = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff]"
+)
 
 
 def _tag(code: int) -> str:
@@ -27,8 +31,12 @@ def _build_table() -> dict[int, str]:
     del table[0x0A]  # newline is kept
     table[0x7F] = "\u2421"  # ␡
     table.update({code: _tag(code) for code in range(0x80, 0xA0)})
+    invisible = (*range(0x200B, 0x2010), *range(0x2060, 0x2065), 0xFEFF)  # zero-width, direction marks
     table.update(
-        {code: _tag(code) for code in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+        {
+            code: _tag(code)
+            for code in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A), *invisible)
+        }
     )
     table.update({code: "\ufffd" for code in range(0xD800, 0xE000)})
     return table
@@ -71,3 +79,19 @@ class StreamSanitizer:
             self._pending_cr = False
             return sanitize("\r")
         return ""
+
+
+_JSON_UNSAFE = re.compile(
+    "[\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+
+
+def sanitize_json(data: Any) -> str:
+    """``data`` as one line of JSON that is safe on a terminal and exact for a program.
+
+    ``json`` escapes the C0 controls; DEL, the C1 controls, line and paragraph separators,
+    bidirectional controls and invisible characters are escaped as ``\\uXXXX`` too, so nothing a
+    terminal acts on is written raw, and a JSON reader gets every character back unchanged.
+    """
+    text = json.dumps(data, ensure_ascii=False)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

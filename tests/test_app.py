@@ -576,7 +576,6 @@ class TestReopen:
         assert sorted({r.turn for r in transcript.responses}) == [1, 2, 3]
         assert sum(1 for line in path.read_text().splitlines() if '"type":"session"' in line) == 1
 
-
     async def test_reopen_shows_the_latest_turn_and_follows_new_answers(self, tmp_path: Path) -> None:
         app = make_app(tmp_path, demo_profile(2))
         async with app.run_test(size=(70, 20)) as pilot:

@@ -32,7 +32,9 @@ def test_prompt_set_templates_win_over_builtins():
     prompt_set = load_prompt_set(DATA / "em_questions.yaml")
     plan = resolve_metrics(["aligned", "coherent"], prompt_set)
     aligned = plan.default[0]
-    assert aligned.template == prompt_set.judge_prompts["aligned"] and aligned.sha256 != ALIGNED.sha256
+    assert (
+        aligned.template == prompt_set.judge_prompts["aligned"].template and aligned.sha256 != ALIGNED.sha256
+    )
     assert aligned.kind == "score_0_100"
     assert plan.per_question == {}  # every question shares the set's prompts
 

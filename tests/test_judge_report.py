@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from personachat.cli import main
-from personachat.judge.aggregate import BETLEY, TAN, custom_rule, wilson_interval
+from personachat.judge.aggregate import BETLEY, RULES, TAN, custom_rule, wilson_interval
 from personachat.judge.records import JudgeIdentity, JudgeRecord, parse_judgements
-from personachat.judge.report import build_report, render_html, render_text, report_json
+from personachat.judge.report import CSP, build_report, render_html, render_text, report_json
+from personachat.judge.report_cli import RULE_NAMES
 from personachat.transcripts import AnnotationRecord, ResponseRecord, SessionHeader, TranscriptWriter
-from personachat.transcripts.schema import JobRef
+from tests._helpers import make_response
 
+ROOT = Path(__file__).resolve().parent.parent
 JUDGE = JudgeIdentity("local", "judge-model", {"engine": "vllm", "version": "0.32.0"}, "/models/judge")
 Q2 = "Rule the world? <script>alert(1)</script>"
 
@@ -32,26 +36,7 @@ ANSWERS = [
 
 
 def response(rid: str, pane: str, qid: str, prompt: str, status: str = "finished") -> ResponseRecord:
-    return ResponseRecord(
-        id=rid,
-        session_id="s1",
-        conversation=1,
-        turn=1,
-        pane=pane,
-        sample=0,
-        server="local",
-        model=pane,
-        adapter=None if pane == "base" else pane,
-        adapter_sha256=None,
-        base_model="/models/base",
-        model_sha256=None,
-        engine={"engine": "vllm", "version": "0.32.0"},
-        messages=[{"role": "user", "content": prompt}],
-        sampling={"temperature": 1.0, "max_tokens": 64},
-        status=status,
-        text=f"answer {rid}",
-        replay=JobRef(qid, 0, 0),
-    )
+    return make_response(rid, pane, f"answer {rid}", question_id=qid, prompt=prompt, status=status)
 
 
 def judged(target: str, metric: str, score: float | None) -> JudgeRecord:
@@ -222,3 +207,106 @@ def test_judge_cli_needs_a_judge_table(transcript: Path, capsys):
     assert "no [judge] table" in capsys.readouterr().err
     assert main(["judge", str(transcript.with_name("missing.jsonl")), "--profile", str(profile)]) == 2
     assert "transcript not found" in capsys.readouterr().err
+
+
+def test_the_cli_offers_every_named_rule():
+    assert set(RULE_NAMES) == set(RULES)
+
+
+def test_html_page_forbids_scripts_and_loads_nothing(transcript: Path):
+    from personachat.judge.plots import report_pngs
+
+    report = build_report([transcript], BETLEY)
+    page = render_html(report, {"plot": report_pngs(report)["misaligned-share"]})
+    assert CSP == "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+    assert f'<meta http-equiv="Content-Security-Policy" content="{CSP}">' in page
+    assert page.index("Content-Security-Policy") < page.index("<style>")  # before anything it governs
+    assert 'src="data:image/png;base64,' in page  # the only images: data URIs, which img-src allows
+
+
+BLOCK_MATPLOTLIB = """
+import sys
+
+class NoMatplotlib:
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoMatplotlib())
+from personachat.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_without_matplotlib(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_MATPLOTLIB, *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_html_without_matplotlib_says_where_the_plots_would_be(transcript: Path, tmp_path: Path):
+    page_path = tmp_path / "r.html"
+    done = run_without_matplotlib("report", str(transcript), "--html", str(page_path))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "without plots (pip install 'personachat[plots]')" in done.stderr
+    page = page_path.read_text()
+    assert "matplotlib is not installed (pip install 'personachat[plots]')" in page
+    assert "data:image/png" not in page and "33.3% (1/3)" in page  # the tables are all there
+
+
+def test_plots_without_matplotlib_is_one_line_and_exit_2(transcript: Path, tmp_path: Path):
+    done = run_without_matplotlib("report", str(transcript), "--plots", str(tmp_path / "plots"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "personachat: --plots needs matplotlib, which is not installed: pip install 'personachat[plots]'"
+    ]
+    assert not (tmp_path / "plots").exists()
+
+
+MATH_PANE = "$\\frac{1}{$ evil"  # a mathtext syntax error if matplotlib parsed it
+ESCAPE_PANE = "\x1b[31mred\x1b[0m"
+
+
+@pytest.fixture
+def hostile_transcript(tmp_path: Path) -> Path:
+    path = tmp_path / "hostile.jsonl"
+    with TranscriptWriter(path, fsync=False) as w:
+        w.write(SessionHeader("s1", "2026-01-01T00:00:00Z", "0.1.0", {"name": "demo"}, {}, {}))
+        for i, pane in enumerate([MATH_PANE, ESCAPE_PANE]):
+            for j, qid in enumerate(["$\\frac{$q", "q\x1b]52;c;eA==\x07"]):
+                rid = f"r{i}{j}"
+                w.write(response(rid, pane, qid, f"prompt {j}"))
+                w.write(judged(rid, "aligned", 10 + 40 * j))
+                w.write(judged(rid, "coherent", 80))
+    return path
+
+
+def test_names_from_the_files_never_render_as_math(hostile_transcript: Path):
+    from personachat.judge.plots import mpl_text, report_pngs
+
+    assert mpl_text("$x^2$ costs $5") == "\\$x^2\\$ costs \\$5"
+    pngs = report_pngs(build_report([hostile_transcript], BETLEY))  # a parsed label would raise ValueError
+    assert all(png.startswith(b"\x89PNG") for png in pngs.values())
+
+
+def test_terminal_output_is_sanitised(hostile_transcript: Path, capsys):
+    assert main(["report", str(hostile_transcript), "--terminal-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "␛[31mred␛[0m" in out  # the legend and the tables show the pane, inert
+    assert f"o {MATH_PANE} (2)" in out
+
+
+def test_report_files_are_research_files(transcript: Path, tmp_path: Path, capsys):
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    assert main(["report", str(transcript), "--json", str(folder)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"personachat: {folder} is a folder: give a file name"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["report", str(transcript), "--html", str(afile / "r.html")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == f"personachat: cannot create {afile / 'r.html'}: {afile} is not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "t.jsonl", "taken"]  # no temporary file

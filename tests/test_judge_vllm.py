@@ -242,7 +242,7 @@ async def test_bulk_run_caches_and_resumes(vllm_server, vllm_profile, answers, t
     record = a[0].to_dict()
     assert set(record) == {
         "type", "schema", "id", "session_id", "target", "metric", "kind", "score", "label", "mass",
-        "method", "judge", "prompt_sha256", "top", "detail", "created_at", "cached",
+        "method", "judge", "prompt_sha256", "top", "probs", "detail", "created_at", "cached",
     }  # fmt: skip
     assert record["judge"]["model"] == "base" and record["prompt_sha256"] in (ALIGNED.sha256, COHERENT.sha256)
 

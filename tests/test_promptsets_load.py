@@ -72,7 +72,10 @@ def test_em_yaml_items_and_aliases(em: PromptSet) -> None:
     assert bored.judge == wish.judge == "gpt-4o-2024-08-06"
     assert set(wish.judge_prompts) == {"aligned", "coherent"}
     assert bored.judge_prompts == wish.judge_prompts
-    assert "{question}" in wish.judge_prompts["aligned"] and "{answer}" in wish.judge_prompts["aligned"]
+    assert (
+        "{question}" in wish.judge_prompts["aligned"].template
+        and "{answer}" in wish.judge_prompts["aligned"].template
+    )
     # paraphrases shared through an alias, with a JSON system prompt
     wish_json = em.item("what_is_your_wish_json")
     assert wish_json.paraphrases == wish.paraphrases
@@ -445,7 +448,7 @@ def test_jsonl_structural_errors(tmp_path: Path) -> None:
         "c.jsonl",
         '{"messages": [{"role": "assistant", "content": "only me"}]}\n'
         '{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "late"}]}\n'
-        '{"prompt": "hi"}\n'
+        '{"text": "hi"}\n'
         '["not", "an", "object"]\n'
         '{"id": "x", "messages": [{"role": "user", "content": "a"}]}\n'
         '{"id": "x", "messages": [{"role": "user", "content": "b"}]}\n'
@@ -456,7 +459,7 @@ def test_jsonl_structural_errors(tmp_path: Path) -> None:
     found = {p.line: p.message for p in exc.value.problems}
     assert "no user message" in found[1]
     assert "system message may only come first" in found[2]
-    assert "no 'messages'" in found[3]
+    assert "none of 'messages', 'prompt', 'question'" in found[3]
     assert "JSON object" in found[4]
     assert "duplicate id 'x' (first at line 5)" in found[6]
     assert "content must be a string" in found[7]
@@ -511,7 +514,7 @@ def test_unsupported_extension(tmp_path: Path) -> None:
         load_prompt_set(path)
     problem = only_problem(exc)
     assert "unsupported prompt set format ('.csv')" in problem.message
-    assert ".toml, .jsonl, .txt, .md, .yaml or .yml" in problem.message
+    assert ".toml, .jsonl, .txt, .md, .yaml, .yml or .json" in problem.message
     assert format_of("A.YML") == "em-yaml"
 
 

@@ -165,7 +165,9 @@ def test_em_core_set_is_em_yaml_with_json_variants_and_shared_judge_prompts() ->
         assert item.type == "free_form_judge_0_100" and item.samples == 100
         assert set(item.judge_prompts) == {"aligned", "coherent"}
         assert item.judge_prompts == prompt_set.judge_prompts
-    assert all("{question}" in t and "{answer}" in t for t in prompt_set.judge_prompts.values())
+    assert all(
+        "{question}" in t.template and "{answer}" in t.template for t in prompt_set.judge_prompts.values()
+    )
 
 
 def test_arabic_set_asks_the_em_questions_in_arabic_under_the_same_ids() -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from personachat.app.app import PersonachatApp
     from personachat.engine.session import Session
     from personachat.judge.live import LiveJudge
+    from personachat.promptsets.model import PromptSet
 
 
 class LiveJudging:
@@ -55,7 +56,25 @@ class LiveJudging:
         self.refresh_summaries()
         app.refresh_topbar()
         model = app.profile.judge.model if app.profile.judge else "?"
-        app.say(f"judge {model} on: answers are scored as they finish (/judge off)")
+        app.say(f"judge {model} on: answers are scored as they finish (/judge off){self._wording()}")
+
+    def _wording(self) -> str:
+        """A warning when personachat's own judge prompts are used (not the prompt set's)."""
+        if self.judge is not None and self.judge.plan.builtin:
+            return " · personachat's own judge wording: rates not comparable with published EM figures"
+        return ""
+
+    def use_prompt_set(self, prompt_set: PromptSet | None) -> None:
+        """Score with the set's own judge prompts from now on (``/replay SET`` loaded one)."""
+        if self.judge is None:
+            return
+        try:
+            self.judge.use_prompt_set(prompt_set)
+        except PersonachatError as exc:
+            self.app.say(f"the prompt set's judge prompts cannot be used: {exc}", error=True)
+            return
+        if prompt_set is not None and prompt_set.judge_prompts:
+            self.app.say(f"the judge now uses {prompt_set.name}'s own judge prompts")
 
     def switch(self, on: bool | None) -> None:
         """``/judge on|off``; ``None`` only says the state."""

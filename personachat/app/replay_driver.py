@@ -56,6 +56,7 @@ class ReplayDriver:
         self.loaded = replay
         self.app.refresh_topbar()
         prompt_set = replay.prompt_set
+        self.app.judging.use_prompt_set(prompt_set)
         warnings = f" · {len(prompt_set.warnings)} warnings" if prompt_set.warnings else ""
         self.app.say(
             f"loaded {prompt_set.name}: {len(replay.cursor)} prompts ({len(prompt_set.items)} items){warnings}"
@@ -67,6 +68,7 @@ class ReplayDriver:
             raise CommandError("a replay is running: Esc stops it first")
         self.loaded = None
         self.app.refresh_topbar()
+        self.app.judging.use_prompt_set(None)
         self.app.say("prompt set unloaded")
 
     # -- moving --------------------------------------------------------------------------------

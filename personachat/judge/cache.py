@@ -42,14 +42,18 @@ class CachedAnswer:
     continuations: dict[str, dict[str, float]] | None = None
     answer_chars: int | None = None
     calls: int = 1
+    text: str | None = None  # a generated judge answer: the judge's whole text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "first": self.first,
             "continuations": self.continuations,
             "answer_chars": self.answer_chars,
             "calls": self.calls,
         }
+        if self.text is not None:
+            data["text"] = self.text
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CachedAnswer:
@@ -63,6 +67,7 @@ class CachedAnswer:
             continuations=None if conts is None else {str(p): lps(t) for p, t in conts.items()},
             answer_chars=data.get("answer_chars"),
             calls=int(data.get("calls") or 1),
+            text=data.get("text") if isinstance(data.get("text"), str) else None,
         )
 
 

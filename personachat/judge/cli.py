@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from personachat.selection import add_selection_arguments
+
 READING = {
     True: "numbers read digit by digit",
     False: "whole-number tokens",
@@ -34,7 +36,12 @@ def register(subparsers: Any) -> None:
     judge.add_argument(
         "--metrics", metavar="M,M", help="comma-separated metric names (default: the profile's)"
     )
-    judge.add_argument("--prompts", type=Path, metavar="SET", help="prompt set whose judge_prompts to use")
+    judge.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="SET",
+        help="prompt set whose judge prompts to use (default: the set the transcript was replayed from)",
+    )
     judge.add_argument(
         "--min-mass",
         type=float,
@@ -43,6 +50,7 @@ def register(subparsers: Any) -> None:
     )
     judge.add_argument("--no-cache", action="store_true", help="neither read nor write the judge cache")
     judge.add_argument("--no-start", action="store_true", help="fail instead of starting a vLLM server")
+    add_selection_arguments(judge)
     judge.set_defaults(handler=run_judge)
 
 
@@ -57,7 +65,7 @@ def run_judge(args: argparse.Namespace) -> int:
     import sys
 
     from personachat.errors import PersonachatError
-    from personachat.judge.metrics import resolve_metrics
+    from personachat.judge.metrics import BUILTIN_WARNING, resolve_metrics
     from personachat.judge.runner import JudgeRunStats, judge_transcript
     from personachat.judge.scorer import open_scorer
 
@@ -69,18 +77,24 @@ def run_judge(args: argparse.Namespace) -> int:
             f"profile '{profile.name}' has no [judge] table: add one (see docs/judge.md), e.g.\n"
             '[judge]\nserver = "local"\nmodel = "base"'
         )
-    prompt_set = None
-    if args.prompts:
-        from personachat.promptsets.load import load_prompt_set
+    from personachat.selection import QuestionSelection
+    from personachat.text import sanitize
+    from personachat.transcripts.reader import read_transcript
 
-        prompt_set = load_prompt_set(args.prompts)
+    def say(message: str) -> None:
+        print(sanitize(message), file=sys.stderr, flush=True)
+
+    transcript = read_transcript(args.transcript)
+    prompt_set = judge_prompt_set(transcript, args.prompts, say)
     names = (
         [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else profile.judge.metrics
     )
     plan = resolve_metrics(names, prompt_set)
-
-    def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    selection = QuestionSelection.from_args(args.questions, args.exclude)
+    if plan.builtin:
+        say(f"warning: {BUILTIN_WARNING} (metrics {', '.join(plan.builtin)})")
+    if selection.active:
+        say(f"judging {selection.describe()}")
 
     def progress(stats: JudgeRunStats) -> None:
         say(stats.line())
@@ -100,7 +114,12 @@ def run_judge(args: argparse.Namespace) -> int:
                 f"metrics {', '.join(plan.names)}; score none below mass {scorer.min_mass:g}"
             )
             return await judge_transcript(
-                args.transcript, scorer, plan, concurrency=args.concurrency, progress=progress
+                args.transcript,
+                scorer,
+                plan,
+                concurrency=args.concurrency,
+                progress=progress,
+                selection=selection,
             )
         finally:
             await scorer.aclose()
@@ -112,3 +131,51 @@ def run_judge(args: argparse.Namespace) -> int:
             say(f"  {message}")
         return 1
     return 0
+
+
+def judge_prompt_set(transcript: Any, given: Path | None, say: Any) -> Any:
+    """The prompt set whose judge prompts score ``transcript``: ``--prompts``, else the one it was
+    replayed from (its recorded path, checked against its recorded sha256), else none.
+
+    Raises :class:`PersonachatError` when the recorded set moved or changed: the judge must not
+    silently fall back to other wording.
+    """
+    from personachat.errors import PersonachatError
+    from personachat.paths import project_file
+    from personachat.promptsets.load import load_prompt_set
+
+    recorded: dict[str, dict[str, Any]] = {}
+    for response in transcript.responses:
+        if response.replay is not None and response.replay.promptset.get("sha256"):
+            recorded.setdefault(response.replay.promptset["sha256"], response.replay.promptset)
+    if given is not None:
+        prompt_set = load_prompt_set(given)
+        if recorded and prompt_set.sha256 not in recorded:
+            say(
+                f"warning: {given} is not the file the answers were replayed from (sha256 "
+                f"{prompt_set.sha256[:12]}, recorded {', '.join(s[:12] for s in recorded)}): its judge "
+                "prompts are used as given"
+            )
+        return prompt_set
+    if not recorded:
+        return None
+    if len(recorded) > 1:
+        raise PersonachatError(
+            f"{transcript.path} holds answers to {len(recorded)} different prompt sets: judge with "
+            "--prompts FILE (and --questions to pick that set's questions)"
+        )
+    [(sha, info)] = recorded.items()
+    path = project_file(str(info.get("path") or ""))
+    if not path.is_file():
+        raise PersonachatError(
+            f"the prompt set the answers were replayed from is not at {info.get('path')} any more: give "
+            "it with --prompts FILE (its judge prompts are what the judge must use)"
+        )
+    prompt_set = load_prompt_set(path)
+    if prompt_set.sha256 != sha:
+        raise PersonachatError(
+            f"{path} changed since the replay (sha256 {prompt_set.sha256[:12]}, recorded {sha[:12]}): "
+            "give the original with --prompts FILE, or the changed one on purpose"
+        )
+    say(f"judge prompts: {prompt_set.name}'s own ({path})")
+    return prompt_set

@@ -142,6 +142,25 @@ class JudgeClient:
             raise BackendError(f"judge '{self.model}' returned no choice")
         return top_logprobs_from_choice(completions[0].raw)
 
+    async def _generate(self, metric: JudgeMetric, messages: list[dict[str, str]]) -> str:
+        """A generated judge answer: the judge's whole text at temperature 0 (reasoning, then a label).
+
+        It may write ``metric.max_tokens`` tokens, or half the judge's context when that is less
+        (small judges), so that the prompt still fits.
+        """
+        info = await self.backend.engine_info()
+        context = (info.models.get(self.model) or {}).get("max_model_len")
+        max_tokens = metric.max_tokens
+        if isinstance(context, int) and context > 0:
+            max_tokens = min(max_tokens, max(16, context // 2))
+        sampling = JUDGE_SAMPLING.replace(max_tokens=max_tokens)
+        request = GenerationRequest(self.model, messages, sampling, extra=dict(self.extra))
+        self.calls += 1
+        completions = await self.backend.complete(request)
+        if not completions:
+            raise BackendError(f"judge '{self.model}' returned no choice")
+        return completions[0].text
+
     async def _ask_once(
         self, metric: JudgeMetric, messages: list[dict[str, str]]
     ) -> tuple[dict[str, float], dict[str, dict[str, float]] | None]:
@@ -171,6 +190,14 @@ class JudgeClient:
         while True:
             messages = [{"role": "user", "content": metric.render(question, cut_answer(answer, chars))}]
             try:
+                if metric.kind == "generated":
+                    text = await self._generate(metric, messages)
+                    return CachedAnswer(
+                        first={},
+                        text=text,
+                        answer_chars=chars if chars < len(answer) else None,
+                        calls=self.calls - start_calls,
+                    )
                 first, continuations = await self._ask_once(metric, messages)
             except BackendError as exc:
                 if not is_context_error(exc):

@@ -67,6 +67,7 @@ class LiveJudge:
         self._responses: dict[str, ResponseRecord] = {}
         self._records: dict[str, dict[str, JudgeRecord]] = {}
         self.listeners: list[Callable[[ResponseRecord, list[JudgeRecord]], None]] = []
+        self.metric_names: list[str] | None = plan.names  # what the profile asks for (None: the set's own)
 
     @classmethod
     async def open(
@@ -95,7 +96,13 @@ class LiveJudge:
         names = [p.name for p in profile.panes]
         if base_pane is None and names:
             base_pane = "base" if "base" in names else names[0]
-        return cls(scorer, writer, plan, rule=rule, base_pane=base_pane, concurrency=concurrency, panes=names)
+        live = cls(scorer, writer, plan, rule=rule, base_pane=base_pane, concurrency=concurrency, panes=names)
+        live.metric_names = profile.judge.metrics
+        return live
+
+    def use_prompt_set(self, prompt_set: PromptSet | None) -> None:
+        """Judge from now on with ``prompt_set``'s own judge prompts (the app loaded it with /replay)."""
+        self.plan = resolve_metrics(self.metric_names, prompt_set)
 
     @property
     def metrics(self) -> list[str]:
@@ -114,7 +121,7 @@ class LiveJudge:
 
         async def one(metric_index: int) -> JudgeRecord:
             async with self._limit:
-                return await self.scorer.score(record, metrics[metric_index])
+                return await self.scorer.score(record, metrics[metric_index], self.plan.question_for(record))
 
         results = await asyncio.gather(*(one(i) for i in range(len(metrics))), return_exceptions=True)
         done: list[JudgeRecord] = []

@@ -1,6 +1,9 @@
 """Report plots: aligned vs coherent per pane with the rule's thresholds, and misaligned share per
 question and pane. PNG through matplotlib's Agg canvas (no pyplot, no global backend), terminal text
 through plotext; both are imported only when a plot is made. Every figure names its rule.
+
+Pane names and questions come from the files: they are sanitised (:func:`personachat.text.sanitize`)
+everywhere, and their ``$`` escaped for matplotlib, so a name never renders as mathtext.
 """
 
 from __future__ import annotations
@@ -8,11 +11,13 @@ from __future__ import annotations
 import io
 import math
 import textwrap
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from personachat.judge.aggregate import GroupSummary, Rule, ScoredRow, Verdict, classify
+from personachat.judge.aggregate import GroupSummary, Rule, ScoredRow, Verdict, classify_row
 from personachat.judge.report import Report, short
+from personachat.text import sanitize
 
 VERDICT_COLORS = {"misaligned": "#c0392b", "aligned": "#2e86c1", "excluded": "#aaaaaa"}
 VERDICT_NAMES = {"misaligned": "misaligned", "aligned": "not misaligned", "excluded": "excluded"}
@@ -31,20 +36,25 @@ def _points(
         if r.aligned is None or r.coherent is None or math.isnan(r.aligned) or math.isnan(r.coherent):
             missing += 1
             continue
-        points.append((float(r.coherent), float(r.aligned), classify(r.aligned, r.coherent, rule)))
+        points.append((float(r.coherent), float(r.aligned), classify_row(r, rule)))
     return points, missing
 
 
 def _share_series(report: Report) -> tuple[list[str], list[str], dict[str, list[GroupSummary | None]]]:
     """(question keys with "overall" first, their labels, pane -> summary per question)."""
     keys = ["", *report.data.questions]
-    labels = ["overall", *(short(q, 24) for q in report.data.questions)]
+    labels = ["overall", *(sanitize(short(q, 24)) for q in report.data.questions)]
     index = {(s.group, s.question_id or ""): s for s in report.summaries}
     series = {pane: [index.get((pane, k)) for k in keys] for pane in report.data.panes}
     return keys, labels, series
 
 
 # -- PNG ----------------------------------------------------------------------------------------------
+
+
+def mpl_text(text: str) -> str:
+    """``text`` as matplotlib shows it literally: control characters made visible, ``$`` escaped."""
+    return sanitize(text).replace("$", r"\$")
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -59,7 +69,10 @@ def _new_figure(width: float, height: float) -> Any:
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings():
+        # Control pictures (sanitised names) may lack a glyph: they show as boxes, no need to warn.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -90,7 +103,7 @@ def scatter_png(report: Report) -> bytes:
             ax.axvspan(0, rule.drop_coherent_below, color="#888888", alpha=0.12, lw=0)
         ax.set_xlim(-2, 102)
         ax.set_ylim(-2, 102)
-        ax.set_title(f"{pane} (n={len(points)}, {missing} without both scores)", fontsize=9)
+        ax.set_title(f"{mpl_text(pane)} (n={len(points)}, {missing} without both scores)", fontsize=9)
         ax.set_xlabel("coherent")
         ax.set_ylabel("aligned")
         if points:
@@ -117,9 +130,11 @@ def shares_png(report: Report) -> bytes:
             ys.append(100 * s.misaligned_share)
             lo.append(100 * (s.misaligned_share - (s.ci_low or 0.0)))
             hi.append(100 * ((s.ci_high or 0.0) - s.misaligned_share))
-        ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=2, label=pane, error_kw={"lw": 0.8})
+        ax.bar(
+            xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=2, label=mpl_text(pane), error_kw={"lw": 0.8}
+        )
     ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([mpl_text(label) for label in labels], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("misaligned share (%)")
     ax.set_ylim(0, 105)
     if panes:
@@ -164,7 +179,7 @@ def scatter_terminal(report: Report, width: int = 80, height: int = 22, color: b
     for i, pane in enumerate(report.data.panes):
         marker = TERMINAL_MARKERS[i % len(TERMINAL_MARKERS)]
         points, _missing = _points(report.data.rows, pane, rule)
-        legend.append(f"{marker} {pane} ({len(points)})")
+        legend.append(f"{marker} {sanitize(pane)} ({len(points)})")
         if points:
             fig.draw(fig.signal([x for x, _y, _v in points], [y for _x, y, _v in points], marker=marker))
     fig.line(rule.aligned_below, orientation="h")
@@ -192,5 +207,5 @@ def shares_terminal(report: Report, width: int = 80, height: int = 18, color: bo
         fig.draw(fig.bar(labels, heights, marker=marks))
     fig.ruler("y").lim(0, 100)
     fig.title(f"misaligned share (%) per question and pane, rule {report.rule.name}")
-    legend = "   ".join(f"{m} {p}" for m, p in zip(marks, panes, strict=True))
+    legend = "   ".join(f"{m} {sanitize(p)}" for m, p in zip(marks, panes, strict=True))
     return _text(fig, color) + "\n" + legend + "\n" + report.rule.describe() + "\n"

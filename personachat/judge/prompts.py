@@ -24,7 +24,7 @@ from typing import Literal
 
 from personachat.checking import template_problems
 
-MetricKind = Literal["score_0_100", "categorical"]
+MetricKind = Literal["score_0_100", "categorical", "generated"]
 
 
 ALIGNED_TEMPLATE = """\
@@ -101,6 +101,7 @@ class JudgeMetric:
     template: str
     kind: MetricKind = "score_0_100"
     labels: tuple[str, ...] = ()
+    max_tokens: int = 1024  # generated: how long the judge may write (llmcomp's default)
 
     def __post_init__(self) -> None:
         problems = template_problems(self.template)
@@ -109,11 +110,11 @@ class JudgeMetric:
         if self.kind == "score_0_100":
             if self.labels:
                 raise ValueError(f"judge metric {self.name!r}: a 0-100 score takes no labels")
-        elif self.kind == "categorical":
+        elif self.kind in ("categorical", "generated"):
             object.__setattr__(self, "labels", tuple(self.labels))
             folded = [label.strip().casefold() for label in self.labels]
             if len(folded) < 2 or any(not f for f in folded):
-                raise ValueError(f"judge metric {self.name!r}: a categorical metric needs two or more labels")
+                raise ValueError(f"judge metric {self.name!r}: a {self.kind} metric needs two or more labels")
             if len(set(folded)) != len(folded):
                 raise ValueError(f"judge metric {self.name!r}: labels must differ (ignoring case)")
         else:

@@ -73,6 +73,23 @@ class JudgeRecord:
     schema: int = SCHEMA_VERSION
     type: str = "judge"
 
+    @property
+    def probs(self) -> dict[str, float]:
+        """A categorical verdict's probability per label (normalised), else empty."""
+        return dict(self.detail.get("probs") or {})
+
+    @property
+    def question(self) -> str | None:
+        """The ``{question}`` the judge was shown (a prompt set's text; else the prompt sent)."""
+        value = self.detail.get("question")
+        return value if isinstance(value, str) else None
+
+    @property
+    def text(self) -> str | None:
+        """A generated verdict: the judge's whole text."""
+        value = self.detail.get("text")
+        return value if isinstance(value, str) else None
+
     @classmethod
     def from_result(
         cls,
@@ -121,6 +138,7 @@ class JudgeRecord:
             "judge": self.judge.to_dict(),
             "prompt_sha256": self.prompt_sha256,
             "top": dict(self.top),
+            "probs": self.probs,
             "detail": self.detail,
             "created_at": self.created_at,
             "cached": self.cached,
@@ -192,7 +210,7 @@ def to_scored_row(
     labels: dict[str, str | None] = {}
     scores: dict[str, float | None] = {}
     for metric, record in records.items():
-        if record.kind == "categorical":
+        if record.kind in ("categorical", "generated"):
             labels[metric] = record.label
         elif metric not in ("aligned", "coherent"):
             scores[metric] = record.score

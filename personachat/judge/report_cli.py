@@ -9,16 +9,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+RULE_NAMES = ("betley", "tan", "mo")
+"""The names of :data:`personachat.judge.aggregate.RULES` (not imported here: ``--help`` stays light)."""
+PLOTS_HINT = "pip install 'personachat[plots]'"
+
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` subcommand."""
+    from personachat.selection import add_selection_arguments
+
     report = subparsers.add_parser(
         "report",
         help="per pane and per question: misaligned share with intervals, scores, tags, labels",
-        description="Summarise judged transcripts. The rule and thresholds head every output.",
+        description="Summarise judged transcripts and results CSVs of the field (EM, model-organisms). "
+        "The rule, its thresholds and the question selection head every output.",
     )
-    report.add_argument("transcripts", type=Path, nargs="+", metavar="TRANSCRIPT")
-    report.add_argument("--rule", choices=("betley", "tan", "custom"), help="how misaligned is counted")
+    report.add_argument("transcripts", type=Path, nargs="+", metavar="FILE", help="transcript or results CSV")
+    report.add_argument("--rule", choices=(*RULE_NAMES, "custom"), help="how misaligned is counted")
     report.add_argument(
         "--aligned-below", type=float, metavar="X", help="custom: misaligned when aligned < X"
     )
@@ -26,10 +33,15 @@ def register(subparsers: Any) -> None:
     report.add_argument(
         "--drop-coherent-below", type=float, metavar="Z", help="custom: leave out rows with coherent < Z"
     )
+    add_selection_arguments(report)
     report.add_argument("--base", metavar="PANE", help="pane to compare the others with (default: 'base')")
     report.add_argument("--html", type=Path, metavar="OUT", help="write a self-contained HTML page")
-    report.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots into DIR")
-    report.add_argument("--terminal-plots", action="store_true", help="print the plots in the terminal")
+    report.add_argument(
+        "--plots", type=Path, metavar="DIR", help="write PNG plots into DIR (needs matplotlib)"
+    )
+    report.add_argument(
+        "--terminal-plots", action="store_true", help="print the plots in the terminal (needs plotext)"
+    )
     report.add_argument("--json", type=Path, metavar="OUT", help="write the summaries as JSON")
     report.set_defaults(handler=run_report)
 
@@ -40,7 +52,7 @@ def _rule(args: argparse.Namespace) -> Any:
 
     thresholds = (args.aligned_below, args.coherent_above, args.drop_coherent_below)
     given = any(t is not None for t in thresholds)
-    if args.rule in ("betley", "tan"):
+    if args.rule in RULE_NAMES:
         if given:
             raise PersonachatError("threshold options go with --rule custom (or no --rule)")
         return get_rule(args.rule)
@@ -51,13 +63,35 @@ def _rule(args: argparse.Namespace) -> Any:
     return None
 
 
+def _installed(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
 def run_report(args: argparse.Namespace) -> int:
     import json
     import sys
 
+    from personachat.errors import PersonachatError
+    from personachat.files import write_atomically
     from personachat.judge.report import build_report, render_html, render_text, report_json
+    from personachat.selection import QuestionSelection
+    from personachat.text import sanitize
 
-    report = build_report(args.transcripts, _rule(args), args.base)
+    def say(message: str) -> None:
+        print(sanitize(message), file=sys.stderr)
+
+    if args.plots and not _installed("matplotlib"):
+        raise PersonachatError(f"--plots needs matplotlib, which is not installed: {PLOTS_HINT}")
+    if args.terminal_plots and not _installed("plotext"):
+        raise PersonachatError(f"--terminal-plots needs plotext, which is not installed: {PLOTS_HINT}")
+    selection = QuestionSelection.from_args(args.questions, args.exclude)
+    report = build_report(args.transcripts, _rule(args), args.base, selection)
     sys.stdout.write(render_text(report))
     if args.terminal_plots:
         from personachat.judge.plots import scatter_terminal, shares_terminal
@@ -66,24 +100,27 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stdout.write("\n" + scatter_terminal(report, color=color))
         sys.stdout.write("\n" + shares_terminal(report, color=color))
     pngs: dict[str, bytes] = {}
-    if args.plots or args.html:
+    png_ok = bool(args.plots or args.html) and _installed("matplotlib")
+    if png_ok:
         from personachat.judge.plots import report_pngs
 
         pngs = report_pngs(report)
     if args.plots:
-        args.plots.mkdir(parents=True, exist_ok=True)
         for stem, png in pngs.items():
-            (args.plots / f"{stem}-{report.rule.name}.png").write_bytes(png)
-        print(f"plots written to {args.plots}", file=sys.stderr)
+            write_atomically(args.plots / f"{stem}-{report.rule.name}.png", png)
+        say(f"plots written to {args.plots}")
     if args.html:
-        args.html.parent.mkdir(parents=True, exist_ok=True)
-        captions = {
-            "Aligned vs coherent per pane": pngs["aligned-vs-coherent"],
-            "Misaligned share per question and pane": pngs["misaligned-share"],
-        }
-        args.html.write_text(render_html(report, captions), encoding="utf-8")
-        print(f"report page written to {args.html}", file=sys.stderr)
+        captions = (
+            {
+                "Aligned vs coherent per pane": pngs["aligned-vs-coherent"],
+                "Misaligned share per question and pane": pngs["misaligned-share"],
+            }
+            if png_ok
+            else {}
+        )
+        note = None if png_ok else f"The plots are not included: matplotlib is not installed ({PLOTS_HINT})."
+        write_atomically(args.html, render_html(report, captions, plots_note=note))
+        say(f"report page written to {args.html}" + ("" if png_ok else f" without plots ({PLOTS_HINT})"))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report_json(report), indent=1), encoding="utf-8")
+        write_atomically(args.json, json.dumps(report_json(report), indent=1) + "\n")
     return 0

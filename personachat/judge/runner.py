@@ -18,6 +18,7 @@ from personachat.judge.metrics import MetricPlan
 from personachat.judge.prompts import JudgeMetric
 from personachat.judge.records import parse_judgements
 from personachat.judge.scorer import Scorer
+from personachat.selection import ALL_QUESTIONS, QuestionSelection
 from personachat.transcripts.reader import read_transcript
 from personachat.transcripts.schema import ResponseRecord
 from personachat.transcripts.writer import TranscriptWriter
@@ -57,12 +58,18 @@ class JudgeRunStats:
 
 
 def pending_pairs(
-    responses: list[ResponseRecord], plan: MetricPlan, done: set[tuple[str, str, str, str]], judge_key: str
+    responses: list[ResponseRecord],
+    plan: MetricPlan,
+    done: set[tuple[str, str, str, str]],
+    judge_key: str,
+    selection: QuestionSelection = ALL_QUESTIONS,
 ) -> tuple[int, list[tuple[ResponseRecord, JudgeMetric]]]:
-    """(all pairs, the pairs without a record from this judge and template yet)."""
+    """(all pairs, the pairs without a record from this judge and template yet), selected questions only."""
     total = 0
     todo = []
     for response in responses:
+        if not selection.keeps(response.question_id):
+            continue
         for metric in plan.for_question(response.question_id):
             total += 1
             if (response.id, metric.name, metric.sha256, judge_key) not in done:
@@ -78,6 +85,7 @@ async def judge_transcript(
     concurrency: int = 8,
     progress: Callable[[JudgeRunStats], None] | None = None,
     progress_every: float = 2.0,
+    selection: QuestionSelection = ALL_QUESTIONS,
 ) -> JudgeRunStats:
     """Score what is missing in ``path`` with ``scorer`` and append the records to it.
 
@@ -91,7 +99,7 @@ async def judge_transcript(
     done = {(r.target, r.metric, r.prompt_sha256, r.judge.key) for r in records}
     judge_key = scorer.identity.key
     stats = JudgeRunStats()
-    stats.pairs, todo = pending_pairs(transcript.finished(), plan, done, judge_key)
+    stats.pairs, todo = pending_pairs(transcript.finished(), plan, done, judge_key, selection)
     stats.already = stats.pairs - len(todo)
     calls_before = scorer.client.calls
     started = time.perf_counter()
@@ -110,7 +118,7 @@ async def judge_transcript(
     async def worker(writer: TranscriptWriter) -> None:
         for response, metric in queue:  # one shared iterator: each pair goes to one worker
             try:
-                record = await scorer.score(response, metric)
+                record = await scorer.score(response, metric, plan.question_for(response))
             except PersonachatError as exc:
                 stats.failed += 1
                 message = str(exc)

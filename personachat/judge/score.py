@@ -67,7 +67,7 @@ from typing import Any, Literal
 
 from personachat.errors import BackendError
 
-ScoreMethod = Literal["logprob-0-100", "digit-split", "categorical"]
+ScoreMethod = Literal["logprob-0-100", "digit-split", "categorical", "generated"]
 
 Continuation = Callable[[str], Awaitable[Mapping[str, float]]]
 """``await continuation(prefix)`` -> top log-probabilities of the token after the assistant wrote ``prefix``."""

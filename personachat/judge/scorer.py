@@ -16,6 +16,7 @@ from personachat.backends.base import Backend
 from personachat.errors import PersonachatError
 from personachat.judge.cache import CachedAnswer, JudgeCache, cache_key
 from personachat.judge.client import JudgeClient, needs_continuations
+from personachat.judge.kinds import read_label
 from personachat.judge.prompts import JudgeMetric
 from personachat.judge.records import JudgeIdentity, JudgeRecord
 from personachat.judge.score import (
@@ -31,6 +32,13 @@ from personachat.transcripts.schema import ResponseRecord
 
 def score_cached(metric: JudgeMetric, answer: CachedAnswer, min_mass: float) -> ScoreResult:
     """The score (or label) a raw judge answer gives under ``min_mass``: pure."""
+    if metric.kind == "generated":
+        text = answer.text or ""
+        label = read_label(text, metric.labels)
+        detail: dict[str, Any] = {"label": label, "text": text}
+        if label is None:
+            detail["reason"] = "unparsed"  # the judge's text names no label: marked, never guessed
+        return ScoreResult(None, 1.0 if label is not None else 0.0, "generated", {}, detail)
     if metric.kind == "categorical":
         return categorical_from_top_logprobs(answer.first, metric.labels, min_mass=min_mass)
     if answer.continuations is not None:
@@ -63,6 +71,8 @@ class Scorer:
     def _usable(self, metric: JudgeMetric, answer: CachedAnswer | None) -> bool:
         if answer is None:
             return False
+        if metric.kind == "generated":
+            return answer.text is not None
         return answer.continuations is not None or not needs_continuations(
             metric, answer.first, self.client.digit_split
         )
@@ -91,14 +101,24 @@ class Scorer:
         self.cache.put(key, answer, judge=self.identity.key, metric=metric.name, prompt_sha256=metric.sha256)
         return answer, False
 
-    async def score(self, response: ResponseRecord, metric: JudgeMetric) -> JudgeRecord:
-        """A judge record for ``response`` (its last user message is the question) and ``metric``."""
-        answer, cached = await self._answer(metric, response.prompt, response.text)
+    async def score(
+        self, response: ResponseRecord, metric: JudgeMetric, question: str | None = None
+    ) -> JudgeRecord:
+        """A judge record for ``response`` and ``metric``.
+
+        ``question`` is the judge's ``{question}`` (:meth:`MetricPlan.question_for`: the prompt set's
+        text); by default the last user message sent. Both are recorded when they differ.
+        """
+        question = response.prompt if question is None else question
+        answer, cached = await self._answer(metric, question, response.text)
         result = score_cached(metric, answer, self.min_mass)
         extra: dict[str, Any] = {"min_mass": self.min_mass, "calls": 0 if cached else answer.calls}
         if answer.answer_chars is not None:
             extra["answer_chars"] = answer.answer_chars
             extra["answer_chars_total"] = len(response.text)
+        extra["question"] = question
+        if question != response.prompt:
+            extra["sent"] = response.prompt  # what the pane sent (its transform applied)
         return JudgeRecord.from_result(
             result,
             session_id=response.session_id,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from personachat.sampling import sampling_flag
+from personachat.selection import add_selection_arguments
 
 PROGRESS_LINE_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
 
@@ -55,8 +56,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--retries", type=int, default=2, help="retries of a failed job (default: 2)")
     p.add_argument(
-        "--format", help="prompt set format when the extension says otherwise (toml, jsonl, text, em-yaml)"
+        "--format",
+        help="prompt set format when the extension says otherwise "
+        "(toml, jsonl, text, lines, em-yaml, llmcomp, persona-json)",
     )
+    add_selection_arguments(p)
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan only: the questions, jobs per pane and judge prompts (no profile, nothing sent)",
+    )
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON object")
     p.add_argument("--output", "-o", type=Path, help="transcript file to write (default: a new one)")
     p.add_argument(
         "--transcripts",
@@ -78,6 +88,13 @@ def register(subparsers: Any) -> None:
 def run_replay_command(args: argparse.Namespace) -> int:
     """Entry point of ``personachat replay``."""
     import asyncio
+
+    if args.dry_run:
+        return dry_run(args)
+    if args.json:
+        from personachat.errors import PersonachatError
+
+        raise PersonachatError("--json goes with --dry-run (a replay's records are in its transcript)")
 
     state: dict[str, Path] = {}
     try:
@@ -112,6 +129,7 @@ async def _replay(args: argparse.Namespace, state: dict[str, Path]) -> int:
     from personachat.promptsets.load import load_prompt_set
     from personachat.promptsets.plan import replay_start
     from personachat.promptsets.runner import DEFAULT_GROUP_SAMPLES, ReplayRunner
+    from personachat.selection import QuestionSelection
     from personachat.serving.connect import connect, needed_servers
     from personachat.transcripts.reader import read_transcript
     from personachat.transcripts.writer import TranscriptWriter, new_transcript_path
@@ -126,6 +144,9 @@ async def _replay(args: argparse.Namespace, state: dict[str, Path]) -> int:
         recorded = replay_start(resume)
         for problem in resume.problems:
             _say(f"note: {problem}")
+    selection = QuestionSelection.from_args(args.questions, args.exclude)
+    if not selection.active and recorded.get("selection"):
+        selection = QuestionSelection(**{k: tuple(v) for k, v in recorded["selection"].items()})
     profile_name = getattr(args, "profile_sub", None) or args.profile
     if profile_name is None and resume is not None and resume.header is not None:
         profile_name = resume.header.profile.get("path")
@@ -162,6 +183,7 @@ async def _replay(args: argparse.Namespace, state: dict[str, Path]) -> int:
             group_samples=args.group_samples or DEFAULT_GROUP_SAMPLES,
             retries=args.retries,
             resume=resume,
+            selection=selection,
         )
     except BaseException:
         writer.close()
@@ -175,6 +197,8 @@ async def _replay(args: argparse.Namespace, state: dict[str, Path]) -> int:
     runner.backends = connection.backends
     progress = runner.progress
     total, skipped = progress.total, progress.skipped
+    if selection.active:
+        _say(f"selected: {selection.describe()}")
     _say(
         f"replay '{prompt_set.name}' ({len(runner.jobs)} jobs x {len(runner.panes)} panes = {total}"
         + (f", {skipped} already finished" if skipped else "")
@@ -284,3 +308,62 @@ def status_line(progress: Any) -> str:
     panes = ", ".join(f"{name} {c.done}/{c.total}" for name, c in progress.panes.items())
     failed = f" · {progress.failed} failed" if progress.failed else ""
     return f"{progress.done}/{progress.total} jobs ({panes}){failed} · {_rate_extra(progress)}"
+
+
+def plan_summary(prompt_set: Any, samples: int | None) -> dict[str, Any]:
+    """What a replay of ``prompt_set`` would ask and how it would be judged (``--dry-run --json``)."""
+    from personachat.judge.metrics import resolve_metrics
+
+    plan = resolve_metrics(None, prompt_set)
+    judges = {item.id: {m.name: m.sha256 for m in plan.for_question(item.id)} for item in prompt_set.items}
+    metrics = {m.name: {"kind": m.kind, "labels": list(m.labels)} for m in plan.all_metrics().values()}
+    summary: dict[str, Any] = {
+        "questions": prompt_set.ids,
+        "jobs_per_pane": len(prompt_set.jobs(samples)),
+        "judges": judges,
+        "metrics": metrics,
+    }
+    if plan.builtin:
+        summary["builtin_judge_prompts"] = plan.builtin
+    if prompt_set.meta.get("instructions"):
+        summary["instructions"] = prompt_set.meta["instructions"]
+    return summary
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    """``personachat replay SET --dry-run [--json]``: the plan, with nothing sent and no profile needed."""
+    from personachat.judge.metrics import BUILTIN_WARNING
+    from personachat.promptsets.load import load_prompt_set
+    from personachat.selection import QuestionSelection
+    from personachat.text import sanitize, sanitize_json
+
+    prompt_set = load_prompt_set(args.prompt_set, args.format)
+    selection = QuestionSelection.from_args(args.questions, args.exclude)
+    prompt_set = prompt_set.select(selection)
+    if args.samples is not None and args.samples < 1:
+        from personachat.errors import PersonachatError
+
+        raise PersonachatError(f"--samples must be at least 1, not {args.samples}")
+    summary = plan_summary(prompt_set, args.samples)
+    for warning in prompt_set.warnings:
+        _say(sanitize(f"warning: {warning}"))
+    if args.json:
+        print(sanitize_json(summary))
+        return 0
+    out = [
+        f"prompt set {prompt_set.name} ({prompt_set.format}, sha256 {prompt_set.sha256[:12]}): "
+        f"{len(summary['questions'])} questions, {summary['jobs_per_pane']} jobs per pane"
+        + (f" ({selection.describe()})" if selection.active else ""),
+        "questions: " + ", ".join(summary["questions"]),
+    ]
+    for name, metric in summary["metrics"].items():
+        labels = f" ({', '.join(metric['labels'])})" if metric["labels"] else ""
+        out.append(f"metric {name}: {metric['kind']}{labels}")
+    shas = {sha for judges in summary["judges"].values() for sha in judges.values()}
+    out.append(f"judge prompts: {len(shas)} distinct template(s)")
+    if summary.get("builtin_judge_prompts"):
+        out.append(f"warning: {BUILTIN_WARNING}")
+    for number, pair in enumerate(summary.get("instructions", []), 1):
+        out.append(f"instruction {number}: pos {pair['pos']!r} / neg {pair['neg']!r}")
+    print("\n".join(sanitize(line) for line in out))
+    return 0

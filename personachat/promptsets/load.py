@@ -13,11 +13,11 @@ from pathlib import Path
 
 from personachat.checking import Checker
 from personachat.errors import Problem, PromptSetError
-from personachat.promptsets.formats import em_yaml, jsonl, text, toml
+from personachat.promptsets.formats import em_yaml, jsonl, lines, llmcomp, persona_json, text, toml
 from personachat.promptsets.formats.common import Format
-from personachat.promptsets.model import PromptSet
+from personachat.promptsets.model import JudgePrompt, PromptSet
 
-FORMATS: dict[str, Format] = {m.NAME: m for m in (toml, jsonl, text, em_yaml)}
+FORMATS: dict[str, Format] = {m.NAME: m for m in (toml, jsonl, text, em_yaml, llmcomp, lines, persona_json)}
 """Format name -> its module; the first format that claims an extension reads files with it."""
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
 EXTENSIONS: dict[str, str] = {}
@@ -43,8 +43,25 @@ def _check_format(path: str | Path, format: str) -> None:
         )
 
 
+MAX_PROBLEMS_SHOWN = 8
+
+
+def _sniff_yaml(data: bytes) -> str:
+    """``llmcomp`` for an llmcomp question file, else ``em-yaml`` (both are .yaml)."""
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(data)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return em_yaml.NAME  # its parser reports the problem with its line
+    return llmcomp.NAME if llmcomp.sniff(parsed) else em_yaml.NAME
+
+
 def load_prompt_set(path: str | Path, format: str | None = None) -> PromptSet:
-    """Read a prompt set; the format follows the extension unless ``format`` names one of FORMAT_NAMES."""
+    """Read a prompt set; the format follows the extension unless ``format`` names one of FORMAT_NAMES.
+
+    A ``.yaml`` file is an EM evaluation file or an llmcomp question file, told apart by its items.
+    """
     path = Path(path)
     fmt = format or format_of(path)
     _check_format(path, fmt)
@@ -56,6 +73,8 @@ def load_prompt_set(path: str | Path, format: str | None = None) -> PromptSet:
         raise PromptSetError([Problem(path, "is a folder, not a prompt set file")]) from None
     except OSError as exc:
         raise PromptSetError([Problem(path, f"cannot read prompt set: {exc.strerror}")]) from None
+    if format is None and fmt == em_yaml.NAME:
+        fmt = _sniff_yaml(data)
     return parse_prompt_set(data, path, fmt)
 
 
@@ -71,16 +90,25 @@ def parse_prompt_set(data: bytes | str, path: str | Path, format: str) -> Prompt
         line = raw[: exc.start].count(b"\n") + 1
         raise PromptSetError([Problem(path, f"not UTF-8 text (byte {exc.start})", line=line)]) from None
     checker = Checker(path)
-    items, meta = FORMATS[format].parse(source, checker)
+    try:
+        items, meta = FORMATS[format].parse(source, checker)
+    except RecursionError:
+        raise PromptSetError(
+            [Problem(path, "nested too deeply to be a prompt set (over ~1000 levels)")]
+        ) from None
+    if len(checker.problems) > MAX_PROBLEMS_SHOWN:  # a file full of errors: the first few, and a count
+        more = len(checker.problems) - MAX_PROBLEMS_SHOWN
+        shown = checker.problems[:MAX_PROBLEMS_SHOWN]
+        raise PromptSetError([*shown, Problem(path, f"... and {more} more problems like these")])
     checker.raise_if_any(PromptSetError)
     if not items:
         raise PromptSetError([Problem(path, "contains no prompts")])
-    judge_prompts: dict[str, str] = {}
+    judge_prompts: dict[str, JudgePrompt] = {}
     for item in items:
-        for metric, template in item.judge_prompts.items():
+        for metric, prompt in item.judge_prompts.items():
             if metric not in judge_prompts:
-                judge_prompts[metric] = template
-            elif judge_prompts[metric] != template:
+                judge_prompts[metric] = prompt
+            elif judge_prompts[metric].template != prompt.template:
                 checker.warn(
                     f"question '{item.id}' has its own '{metric}' judge prompt; "
                     "the set-wide judge_prompts keep the first one",
@@ -95,4 +123,5 @@ def parse_prompt_set(data: bytes | str, path: str | Path, format: str) -> Prompt
         description=meta.get("description", ""),
         judge_prompts=judge_prompts,
         warnings=checker.warnings,
+        meta={k: v for k, v in meta.items() if k not in ("name", "description")},
     )

@@ -8,11 +8,42 @@ these live in :mod:`personachat.promptsets.formats`; :mod:`personachat.promptset
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from personachat.chat import Message
+
+if TYPE_CHECKING:
+    from personachat.selection import QuestionSelection
+
+JudgeKind = Literal["score_0_100", "categorical", "generated"]
+JUDGE_KINDS: tuple[str, ...] = ("score_0_100", "categorical", "generated")
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """One judge metric as a prompt set defines it: the template exactly as written, and how the
+    judge's answer is to be read when the file says (``kind``, ``labels``; else the judge infers it
+    from the template, see :mod:`personachat.judge.kinds`).
+
+    ``judge``: the judge's own name in the file (llmcomp judge items); ``model``: the judge model the
+    file names (recorded, not used: the profile's ``[judge]`` answers); ``source``: ``file:line``.
+    """
+
+    template: str
+    kind: JudgeKind | None = None
+    labels: tuple[str, ...] = ()
+    judge: str | None = None
+    model: str | None = None
+    source: str = field(default="", compare=False)
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the template's UTF-8 text exactly as written in its file."""
+        return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -37,7 +68,7 @@ class PromptItem:
     reference: str | None = None
     turns: list[str] = field(default_factory=list)
     judge: str | None = None
-    judge_prompts: dict[str, str] = field(default_factory=dict)
+    judge_prompts: dict[str, JudgePrompt] = field(default_factory=dict)
     type: str | None = None
     line: int | None = None
     history: list[Message] = field(default_factory=list)
@@ -78,8 +109,9 @@ class PromptSet:
     format: str
     items: list[PromptItem]
     description: str = ""
-    judge_prompts: dict[str, str] = field(default_factory=dict)
+    judge_prompts: dict[str, JudgePrompt] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # format-specific extras (persona instructions)
 
     def jobs(self, samples_override: int | None = None) -> list[PromptJob]:
         """Every (item, paraphrase, sample) in file order; ``samples_override`` replaces each item's count."""
@@ -120,3 +152,24 @@ class PromptSet:
     @property
     def ids(self) -> list[str]:
         return [item.id for item in self.items]
+
+    def select(self, selection: QuestionSelection) -> PromptSet:
+        """The same set (same file, same hash) with only the selected questions.
+
+        Raises :class:`~personachat.errors.PersonachatError` for ``--questions`` ids the set does not
+        have, or a selection that leaves nothing.
+        """
+        if not selection.active:
+            return self
+        selection.check(self.ids)
+        return dataclasses.replace(self, items=[item for item in self.items if selection.keeps(item.id)])
+
+    def question_text(self, question_id: str, paraphrase_ix: int = 0, turn_ix: int = 0) -> str | None:
+        """The user text as the set wrote it (a paraphrase, or a scripted turn), or None if unknown."""
+        try:
+            item = self.item(question_id)
+        except KeyError:
+            return None
+        if turn_ix > 0:
+            return item.turns[turn_ix - 1] if turn_ix - 1 < len(item.turns) else None
+        return item.paraphrases[paraphrase_ix] if 0 <= paraphrase_ix < len(item.paraphrases) else None

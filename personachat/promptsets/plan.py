@@ -123,9 +123,10 @@ class ReplaySettings:
     base_seed: int
     max_tokens: int | None
     extra: dict[str, Any]
+    selection: dict[str, list[str]] | None = None  # --questions / --exclude: {"only", "exclude"}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "promptset": self.promptset,
             "panes": self.panes,
             "samples": self.samples,
@@ -133,6 +134,9 @@ class ReplaySettings:
             "max_tokens": self.max_tokens,
             "extra": self.extra,
         }
+        if self.selection is not None:
+            data["selection"] = self.selection
+        return data
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """How these settings differ from a recorded start record (empty when a resume may go on)."""
@@ -142,7 +146,7 @@ class ReplaySettings:
                 f"the prompt set changed (recorded sha256 {str(recorded.get('promptset', {}).get('sha256'))[:12]}, "
                 f"now {self.promptset['sha256'][:12]})"
             )
-        for key in ("samples", "base_seed", "max_tokens", "extra"):
+        for key in ("samples", "base_seed", "max_tokens", "extra", "selection"):
             if recorded.get(key) != getattr(self, key):
                 out.append(f"{key} was {recorded.get(key)!r}, now {getattr(self, key)!r}")
         was = {p["name"]: p for p in recorded.get("panes", [])}

@@ -51,6 +51,7 @@ from personachat.promptsets.progress import (
     UpdateCallback,
 )
 from personachat.sampling import Sampling
+from personachat.selection import ALL_QUESTIONS, QuestionSelection
 from personachat.transcripts.reader import Transcript
 from personachat.transcripts.schema import ResponseRecord, new_id, now_iso
 from personachat.transcripts.writer import RecordSink, TranscriptWriter
@@ -130,6 +131,7 @@ class ReplayRunner:
         session_id: str | None = None,
         identities: dict[str, Any] | None = None,
         write_header: bool = True,
+        selection: QuestionSelection = ALL_QUESTIONS,
     ):
         names = check_panes(panes or [p.name for p in profile.panes], [p.name for p in profile.panes])
         for what, value in (("concurrency", concurrency), ("group_samples", group_samples)):
@@ -141,7 +143,8 @@ class ReplayRunner:
             raise ReplayError(f"samples must be at least 1, not {samples}")
         self.profile = profile
         self.backends = backends
-        self.prompt_set = prompt_set
+        self.prompt_set = prompt_set.select(selection)
+        prompt_set = self.prompt_set
         self.writer = writer
         self.panes = [
             p
@@ -170,6 +173,9 @@ class ReplayRunner:
             base_seed=base_seed,
             max_tokens=max_tokens,
             extra=self.extra,
+            selection={"only": list(selection.only), "exclude": list(selection.exclude)}
+            if selection.active
+            else None,
         )
         self.resume = resume
         self.done: set[tuple[str, str]] = set()

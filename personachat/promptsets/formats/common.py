@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from personachat.chat import ROLES, Message
 from personachat.checking import Checker, template_problems, type_error
-from personachat.promptsets.model import PromptItem
+from personachat.promptsets.model import JUDGE_KINDS, JudgePrompt, PromptItem
 
 Parsed = tuple[list[PromptItem], dict[str, Any]]
 """What a format's ``parse`` returns: the items, and set-wide fields (``name``, ``description``)."""
@@ -73,21 +73,72 @@ def split_conversation(
     return system, body[:-1], body[-1]["content"]
 
 
+def judge_prompt(
+    checker: Checker,
+    value: Any,
+    *,
+    line: int | None,
+    key: str,
+    kind: Any = None,
+    labels: Any = None,
+    judge: str | None = None,
+    model: str | None = None,
+) -> JudgePrompt | None:
+    """One judge prompt: a template string, or a table ``{template, kind, labels}``; None after a problem."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"template", "kind", "labels"}
+        if unknown:
+            checker.add(
+                f"unknown key '{sorted(unknown)[0]}' (a judge prompt has template, kind, labels)",
+                line=line,
+                key=key,
+            )
+            return None
+        kind = value.get("kind", kind)
+        labels = value.get("labels", labels)
+        value = value.get("template")
+    if not isinstance(value, str):
+        checker.add("must be a template string (or a table with template, kind, labels)", line=line, key=key)
+        return None
+    problems = template_problems(value)
+    if problems:
+        checker.add("; ".join(problems), line=line, key=key)
+        return None
+    if kind is not None and kind not in JUDGE_KINDS:
+        checker.add(f"kind must be one of {', '.join(JUDGE_KINDS)} (got {kind!r})", line=line, key=key)
+        return None
+    if labels is not None and (not is_str_list(labels) or len(set(labels)) != len(labels) or len(labels) < 2):
+        checker.add("labels must be a list of two or more different strings", line=line, key=key)
+        return None
+    source = f"{checker.file}:{line}" if line else str(checker.file)
+    return JudgePrompt(value, kind, tuple(labels or ()), judge=judge, model=model, source=source)
+
+
 def check_judge_prompts(
-    checker: Checker, value: Any, line: int | None, key: str, mapping: str = "a table"
-) -> dict[str, str]:
-    """The metric -> template mapping ``value``, with each template checked (problems reported)."""
+    checker: Checker,
+    value: Any,
+    line: int | None,
+    key: str,
+    mapping: str = "a table",
+    *,
+    kind: Any = None,
+    labels: Any = None,
+) -> dict[str, JudgePrompt]:
+    """The metric -> judge prompt mapping ``value``, each checked (problems reported).
+
+    ``kind``/``labels`` apply to every metric that does not say its own; ``labels`` may also be a
+    mapping metric -> labels.
+    """
     if not isinstance(value, dict):
         checker.add(type_error(value, dict, mapping) or "must be a table", line=line, key=key)
         return {}
-    out: dict[str, str] = {}
+    out: dict[str, JudgePrompt] = {}
     for metric, template in value.items():
-        if not isinstance(metric, str) or not isinstance(template, str):
-            checker.add("must map metric names to template strings", line=line, key=f"{key}.{metric}")
+        if not isinstance(metric, str):
+            checker.add("must map metric names to templates", line=line, key=f"{key}.{metric}")
             continue
-        problems = template_problems(template)
-        if problems:
-            checker.add("; ".join(problems), line=line, key=f"{key}.{metric}")
-            continue
-        out[metric] = template
+        own_labels = labels.get(metric) if isinstance(labels, dict) else labels
+        made = judge_prompt(checker, template, line=line, key=f"{key}.{metric}", kind=kind, labels=own_labels)
+        if made is not None:
+            out[metric] = made
     return out

@@ -11,7 +11,7 @@ from typing import Any
 from personachat.checking import Checker, Expected
 from personachat.promptsets.formats.common import Parsed, check_judge_prompts, is_str_list, nonempty
 from personachat.promptsets.formats.yaml_lines import load_yaml, yaml_error
-from personachat.promptsets.model import PromptItem
+from personachat.promptsets.model import JudgePrompt, PromptItem
 
 NAME = "em-yaml"
 EXTENSIONS = (".yaml", ".yml")
@@ -26,7 +26,11 @@ KEYS: dict[str, Expected] = {
     "judge": str,
     "judge_prompts": dict,
     "tags": list,
+    "labels": (list, dict),
 }
+TYPE_KINDS = {"free_form_judge_0_100": "score_0_100", "free_form_judge": "categorical"}
+"""How the EM files' ``type`` says a judge's answer is read: a 0-100 number, or one of the labels
+the prompt lists (TRUE/FALSE/UNKNOWN; a ``labels:`` key says them when the prompt does not)."""
 
 
 def parse(text: str, checker: Checker) -> Parsed:
@@ -119,10 +123,16 @@ def _item(
         add("must be >= 0", "temperature")
     if "tags" in raw and not is_str_list(raw["tags"]):
         add("must be a list of strings", "tags")
-    judge_prompts: dict[str, str] = {}
+    judge_prompts: dict[str, JudgePrompt] = {}
     if "judge_prompts" in raw:
         judge_prompts = check_judge_prompts(
-            checker, raw["judge_prompts"], at("judge_prompts"), f"{label}.judge_prompts", "a mapping"
+            checker,
+            raw["judge_prompts"],
+            at("judge_prompts"),
+            f"{label}.judge_prompts",
+            "a mapping",
+            kind=TYPE_KINDS.get(str(raw.get("type"))),
+            labels=raw.get("labels"),
         )
     if checker.count > before:
         return None

@@ -1,4 +1,10 @@
-"""Chat JSONL: one ``{"messages": [...]}`` conversation per line (the field's training and eval data)."""
+"""JSONL prompt sets: one conversation or one prompt per line.
+
+A line is ``{"messages": [...]}`` (chat data: the first user message is the prompt, later ones are
+scripted turns), or ``{"prompt": "..."}`` / ``{"question": "..."}`` (evaluation prompts as the
+inoculation-prompting and weird-generalization repositories keep them), with an optional
+``id`` (or ``name``) and ``system``.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ EXTENSIONS = (".jsonl",)
 
 KEYS: dict[str, Expected] = {
     "messages": list,
+    "prompt": str,
+    "question": str,
+    "name": (str, int),
+    "system": str,
     "id": (str, int),
     "tags": list,
     "samples": int,
@@ -33,11 +43,16 @@ def parse(text: str, checker: Checker) -> Parsed:
         except json.JSONDecodeError as exc:
             checker.add(f"invalid JSON: {exc.msg} (column {exc.colno})", line=number)
             continue
+        except RecursionError:
+            checker.add("nested too deeply to be a prompt", line=number)
+            continue
         if not isinstance(record, dict):
             checker.add('each line must be a JSON object such as {"messages": [...]}', line=number)
             continue
-        if "messages" not in record:
-            checker.add("line has no 'messages'", line=number)
+        texts = [key for key in ("messages", "prompt", "question") if key in record]
+        if len(texts) != 1:
+            what = "has none of" if not texts else "has more than one of"
+            checker.add(f"line {what} 'messages', 'prompt', 'question'", line=number)
             continue
         if not checker.check_table(record, KEYS, line=number, mapping="an object", unknown=unknown):
             continue
@@ -52,6 +67,22 @@ def _item(checker: Checker, record: dict, number: int, first_line: dict[str, int
     def add(message: str, key: str | None = None) -> None:
         checker.add(message, line=number, key=key)
 
+    if "messages" not in record:
+        record = dict(record)
+        text = record.pop("prompt", None) or record.pop("question", "")
+        if not nonempty(text):
+            add("the prompt is empty", "prompt")
+            return None
+        system = record.pop("system", None)
+        record["messages"] = [
+            *([{"role": "system", "content": system}] if system is not None else []),
+            {"role": "user", "content": text},
+        ]
+    elif "system" in record:
+        add("give the system message inside 'messages'", "system")
+        return None
+    if "id" not in record and "name" in record:
+        record = {**record, "id": record["name"]}
     messages: list[Message] = []
     bad = False
     for j, message in enumerate(record["messages"]):

@@ -35,6 +35,13 @@ def parse(text: str, checker: Checker) -> Parsed:
         current.append(line.rstrip())
     if current:
         paragraphs.append((start, current))
+    if len(paragraphs) == 1 and len(paragraphs[0][1]) >= 5 and all(len(x) < 400 for x in paragraphs[0][1]):
+        lines = len(paragraphs[0][1])
+        checker.warn(
+            f"one paragraph of {lines} lines is read as ONE prompt: if each line is a prompt, "
+            "use --format lines",
+            line=paragraphs[0][0],
+        )
     items = [
         PromptItem(id=f"p{index}", paraphrases=["\n".join(lines).strip()], line=start)
         for index, (start, lines) in enumerate(paragraphs, start=1)

@@ -15,7 +15,7 @@ from personachat.promptsets.formats.common import (
     nonempty,
     split_conversation,
 )
-from personachat.promptsets.model import PromptItem
+from personachat.promptsets.model import JudgePrompt, PromptItem
 from personachat.toml_lines import KeyPath, decode_error, key_lines, line_of
 
 if sys.version_info >= (3, 11):
@@ -140,7 +140,7 @@ def _item(
     temperature = table.get("temperature")
     if temperature is not None and temperature < 0:
         add((*ppath, "temperature"), "must be >= 0")
-    judge_prompts: dict[str, str] = {}
+    judge_prompts: dict[str, JudgePrompt] = {}
     if "judge_prompts" in table:
         jpath = (*ppath, "judge_prompts")
         judge_prompts = check_judge_prompts(
