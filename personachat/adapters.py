@@ -294,7 +294,8 @@ def files_sha256(files: Iterable[Path], folder: Path) -> str:
     return result
 
 
-def _flag_value(args: list[str], flag: str) -> str | None:
+def flag_value(args: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in a command line (``--flag V`` or ``--flag=V``), or None."""
     for i, arg in enumerate(args):
         if arg == flag and i + 1 < len(args):
             return args[i + 1]
@@ -357,7 +358,7 @@ def check_adapters(path: Path, data: dict[str, Any], text: str) -> tuple[list[Pr
         if not isinstance(adapters, dict):
             continue
         args: list[Any] = table["args"] if isinstance(table.get("args"), list) else []
-        limit_text = _flag_value([str(a) for a in args], "--max-lora-rank")
+        limit_text = flag_value([str(a) for a in args], "--max-lora-rank")
         limit = int(limit_text) if limit_text and limit_text.isdigit() else None
         for adapter, value in adapters.items():
             if not isinstance(value, str):

@@ -14,7 +14,7 @@ from personachat.transcripts.schema import ResponseRecord
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(sanitize(message), file=sys.stderr, flush=True)
 
 
 def transcripts_dir(profile_dir: Path | None, override: Path | None) -> Path:
@@ -126,8 +126,8 @@ class TextPrinter:
         panels = [
             Panel(
                 Text(sanitize("".join(t)[-1500:])),
-                title=Text(f"{p} sample {s + 1}" if s else p),
-                subtitle=Text(self.states[(p, s)]),
+                title=Text(sanitize(f"{p} sample {s + 1}" if s else p)),
+                subtitle=Text(sanitize(self.states[(p, s)])),
                 width=48,
             )
             for (p, s), t in self.texts.items()
@@ -143,7 +143,7 @@ class TextPrinter:
         title = (
             f"{pane}" + (f" (sample {sample + 1})" if sample else "") + f" · {self.states[(pane, sample)]}"
         )
-        self.console.print(Rule(Text(title), align="left"))
+        self.console.print(Rule(Text(sanitize(title)), align="left"))
         self.console.print(Text(sanitize("".join(self.texts[(pane, sample)]))))
 
     def close(self) -> None:

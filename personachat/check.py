@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from personachat.errors import Problem, ProfileError
+from personachat.text import sanitize
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,15 +31,15 @@ async def probe_panes(profile: Any) -> tuple[list[str], list[str]]:
         if server.kind == "transformers":
             notes.append(f"server '{name}': in-process (loaded when the app or a command starts)")
             continue
-        url = None
+        url, key = None, None
         if server.kind == "vllm":
             running = await launcher.find(server)
             if running is None:
                 notes.append(f"server '{name}': not running (`personachat serve {profile.path}` starts it)")
                 continue
-            url = running.url
+            url, key = running.url, running.api_key
         try:
-            backend = make_backend(profile, name, url)
+            backend = make_backend(profile, name, url, key)
         except PersonachatError as exc:
             errors.append(f"server '{name}': {exc}")
             continue
@@ -89,11 +90,11 @@ async def run_check(profile_name: str | None, *, offline: bool = False) -> int:
         probe_errors, probe_notes = await probe_panes(profile)
         notes.extend(probe_notes)
     for note in notes:
-        print(f"  note: {note}")
+        print(sanitize(f"  note: {note}"))
     for problem in problems:
-        print(f"error: {problem}")
-    for error in probe_errors:
-        print(f"error: {error}")
+        print(sanitize(f"error: {problem}"))
+    for error in probe_errors:  # a server's own words: never raw to the terminal
+        print(sanitize(f"error: {error}"))
     count = len(problems) + len(probe_errors)
     if count:
         print(f"{path}: {count} error{'s' if count != 1 else ''}")

@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args)
     except PersonachatError as exc:
-        print(f"personachat: {exc}", file=sys.stderr)
+        from personachat.text import sanitize
+
+        # A message may quote a server, a model or a file: never raw to the terminal.
+        print(f"personachat: {sanitize(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; everything already streamed is in the transcript", file=sys.stderr)

@@ -6,6 +6,7 @@ so that ``personachat locate`` can print it and tests can point it at a temporar
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -26,8 +27,13 @@ def project_file(path: str | Path) -> Path:
 
 
 def home_dir() -> Path:
-    """The folder personachat writes its own state to."""
-    return Path(os.environ.get("PERSONACHAT_HOME", "~/.cache/personachat")).expanduser()
+    """The folder personachat writes its own state to, created readable by its owner only (0700):
+    it holds server keys and the judge cache, which must not be shared."""
+    home = Path(os.environ.get("PERSONACHAT_HOME", "~/.cache/personachat")).expanduser()
+    if not home.exists():
+        with contextlib.suppress(OSError):  # a read-only place: whoever writes there says so
+            home.mkdir(parents=True, mode=0o700)
+    return home
 
 
 def demo_dir() -> Path:

@@ -52,6 +52,7 @@ class ServerSpec:
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     env: dict[str, str] = field(default_factory=dict)
+    runtime_lora: bool = False  # vllm: allow loading adapters at run time (off unless the profile asks)
 
     @property
     def base_name(self) -> str:
@@ -155,6 +156,8 @@ SERVER_KEYS: dict[str, dict[str, Expected]] = {
         "env": dict,
         "connect_timeout": (int, float),
         "read_timeout": (int, float),
+        "runtime_lora": bool,
+        "revision": str,
     },
     "openai": {
         "kind": str,
@@ -185,6 +188,7 @@ JUDGE_KEYS: dict[str, Expected] = {
     "threshold": (int, float),
     "rule": str,
 }
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -354,6 +358,11 @@ def _build_server(
         for adapter, value in adapters.items():
             if not isinstance(value, str):
                 checker.at((*path, "adapters", adapter), "must be a path (string)")
+            if not _ADAPTER_NAME.match(str(adapter)):
+                checker.at(
+                    (*path, "adapters", adapter),
+                    "an adapter name is letters, digits, '.', '_' or '-' (it becomes a served model name)",
+                )
     args = table.get("args", [])
     if isinstance(args, list) and not all(isinstance(a, str) for a in args):
         checker.at((*path, "args"), "must be a list of strings")
@@ -384,7 +393,16 @@ def _build_server(
     model = table.get("model")
     given: dict[str, Any] = {  # absent keys keep ServerSpec's defaults (the one place they live)
         key: table[key]
-        for key in ("served_name", "host", "port", "api_key_env", "device", "dtype", "revision")
+        for key in (
+            "served_name",
+            "host",
+            "port",
+            "api_key_env",
+            "device",
+            "dtype",
+            "revision",
+            "runtime_lora",
+        )
         if key in table
     }
     for key in ("connect_timeout", "read_timeout"):

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from personachat.text import sanitize
+
+
+def say(message: str) -> None:
+    """A line on stdout; server answers (model names) are sanitised like everything else."""
+    print(sanitize(message), flush=True)
+
 
 async def run_serve(profile_name: str | None, *, foreground: bool = False, stop: bool = False) -> int:
     from personachat.profile import open_profile
@@ -13,7 +20,7 @@ async def run_serve(profile_name: str | None, *, foreground: bool = False, stop:
     launcher = VllmLauncher()
     servers = [s for s in profile.servers.values() if s.kind == "vllm"]
     if not servers:
-        print(
+        say(
             f"{profile.path}: no vllm servers to serve (kinds: "
             f"{', '.join(sorted({s.kind for s in profile.servers.values()}))})"
         )
@@ -23,28 +30,28 @@ async def run_serve(profile_name: str | None, *, foreground: bool = False, stop:
             running = await launcher.find(server)
             if running:
                 launcher.stop(running)
-                print(f"stopped server '{server.name}' ({running.url})")
+                say(f"stopped server '{server.name}' ({running.url})")
             else:
-                print(f"server '{server.name}' was not running")
+                say(f"server '{server.name}' was not running")
         return 0
     started: list[RunningServer] = []
     try:
         for server in servers:
             running = await launcher.find(server)
             if running:
-                print(f"server '{server.name}' already running at {running.url}")
+                say(f"server '{server.name}' already running at {running.url}")
                 continue
-            running = await launcher.start(server, progress=print)
+            running = await launcher.start(server, progress=say)
             started.append(running)
-            print(f"server '{server.name}' ready at {running.url}: {', '.join(running.models)}")
+            say(f"server '{server.name}' ready at {running.url}: {', '.join(running.models)}")
     except BaseException:
         for running in started:
             launcher.stop(running)
         raise
     if not foreground:
-        print(f"servers keep running; stop them with `personachat serve --stop {profile.path}`")
+        say(f"servers keep running; stop them with `personachat serve --stop {profile.path}`")
         return 0
-    print("serving; Ctrl-C stops the servers")
+    say("serving; Ctrl-C stops the servers")
     try:
         while True:
             await asyncio.sleep(3600)
@@ -53,5 +60,5 @@ async def run_serve(profile_name: str | None, *, foreground: bool = False, stop:
     finally:
         for running in started:
             launcher.stop(running)
-        print("stopped")
+        say("stopped")
     return 0

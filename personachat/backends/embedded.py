@@ -331,6 +331,8 @@ class EmbeddedBackend(Backend):
         if self.server.revision:
             base["revision"] = self.server.revision
         if rt is not None:
+            if rt.commit:
+                base["commit"] = rt.commit
             base.update(
                 device=str(rt.device),
                 dtype=str(rt.dtype).removeprefix("torch."),

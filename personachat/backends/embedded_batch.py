@@ -305,6 +305,7 @@ class Runtime:
     max_context: int | None
     has_adapters: bool
     lora: StackedLora | None = None  # None: mixed batches go through peft's adapter_names
+    commit: str | None = None  # the hub commit the weights came from (hub ids only)
 
 
 @dataclass

@@ -56,6 +56,13 @@ def load_runtime(server: ServerSpec, say: Say) -> Runtime:
             except AdapterError as exc:
                 raise ServerError(f"server '{server.name}': {exc}") from None
 
+    if not _is_local(model_ref):
+        pinned = (
+            f"revision {server.revision}"
+            if server.revision
+            else "no revision pinned (revision = ... pins one)"
+        )
+        say(f"{model_ref} is a hub id: it is downloaded unless the Hugging Face cache has it ({pinned})")
     say("importing torch, transformers and peft")
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.utils import logging as hf_logging
@@ -107,6 +114,7 @@ def load_runtime(server: ServerSpec, say: Say) -> Runtime:
         max_context=int(max_context) if max_context else None,
         has_adapters=bool(server.adapters),
         lora=_stacked_lora(model, list(server.adapters)) if server.adapters else None,
+        commit=getattr(text_config, "_commit_hash", None) if not _is_local(model_ref) else None,
     )
 
 

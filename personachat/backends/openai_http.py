@@ -84,29 +84,55 @@ def error_message(status: int, payload: bytes, model: str) -> BackendError:
     return BackendError(f"HTTP {status}{f' {kind}' if kind else ''}: {message}", status=status, kind=kind)
 
 
+def url_credentials(url: str) -> tuple[str, str] | None:
+    """(user, password) written in ``url`` (``https://user:pw@host``), or None."""
+    parsed = httpx.URL(url)
+    return (parsed.username, parsed.password) if parsed.username or parsed.password else None
+
+
+def strip_credentials(url: str) -> str:
+    """``url`` without user info: what is shown, logged and recorded."""
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(username=None, password=None)) if parsed.userinfo else url
+
+
 class OpenAIBackend(Backend):
     """Chat completions against one or more OpenAI-compatible URLs serving the same models."""
 
-    def __init__(self, server: ServerSpec, urls: list[str] | None = None, *, max_connections: int = 256):
+    def __init__(
+        self,
+        server: ServerSpec,
+        urls: list[str] | None = None,
+        *,
+        max_connections: int = 256,
+        api_key: str | None = None,
+    ):
         super().__init__(server)
-        self.urls = [u.rstrip("/") for u in (urls or server.urls)]
+        self.urls = [strip_credentials(u).rstrip("/") for u in (urls or server.urls)]
         if not self.urls:
             raise BackendError(f"server '{server.name}' has no URL")
         self._vllm = server.kind == "vllm"
-        headers = {}
-        if server.api_key_env:
-            key = os.environ.get(server.api_key_env)
-            if not key:
+        if api_key is None and server.api_key_env:
+            api_key = os.environ.get(server.api_key_env)
+            if not api_key:
                 raise BackendError(
                     f"server '{server.name}': environment variable {server.api_key_env} (the API key) is not set"
                 )
-            headers["Authorization"] = f"Bearer {key}"
+        if api_key is None:  # a server personachat launched takes only its own key
+            from personachat.server_keys import key_for
+
+            api_key = key_for(self.urls[0])
+        # Credentials written in a URL are used as HTTP basic auth, unless a bearer key is given.
+        basic = url_credentials((urls or server.urls)[0])
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        auth = httpx.BasicAuth(*basic) if basic and not api_key else None
         timeout = httpx.Timeout(
             connect=server.connect_timeout, read=server.read_timeout, write=30.0, pool=None
         )
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.headers = headers
         self._clients = {
-            url: httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, headers=headers)
+            url: httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, headers=headers, auth=auth)
             for url in self.urls
         }
         self._outstanding = dict.fromkeys(self.urls, 0)

@@ -61,6 +61,11 @@ async def describe_servers(profile: Profile, backends: Mapping[str, Backend]) ->
             "adapters": {},
         }
         models = info.models if info else {}
+        if server.revision:
+            entry["revision"] = server.revision  # what the profile pinned
+        commit = (models.get(server.base_name) or {}).get("commit")
+        if commit:
+            entry["commit"] = commit  # what the hub resolved it to
         base_path = server.model or (models.get(server.base_name) or {}).get("root")
         if base_path:
             try:

@@ -33,6 +33,7 @@ from personachat.engine.records import build_response_record
 from personachat.engine.requests import NO_OVERRIDES, Overrides, build_request, fresh_seed, turn_tags
 from personachat.errors import PersonachatError
 from personachat.profile import PaneSpec, Profile
+from personachat.redaction import redact_profile
 from personachat.sampling import Sampling
 from personachat.transcripts.reader import Transcript
 from personachat.transcripts.schema import (
@@ -175,6 +176,7 @@ class Session:
         """The session header: profile, versions, model identities, host."""
         path = self.profile.path
         sha = hashlib.sha256(path.read_bytes()).hexdigest() if path and path.is_file() else None
+        data, redacted = redact_profile(self.profile.raw)  # secrets never reach the research record
         return SessionHeader(
             session_id=self.session_id,
             created_at=now_iso(),
@@ -183,7 +185,8 @@ class Session:
                 "name": self.profile.name,
                 "path": str(path) if path else None,
                 "sha256": sha,
-                "data": self.profile.raw,
+                "data": data,
+                **({"redacted": redacted} if redacted else {}),
                 "panes": [{**p.settings(), "label": p.label} for p in self.profile.panes],
             },
             servers=self.identities,

@@ -11,7 +11,6 @@ the judge's context is cut (and the cut recorded) until the prompt fits.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -107,10 +106,7 @@ class JudgeClient:
 
     async def _detect_digit_split(self) -> bool | None:
         """Ask vLLM's ``/tokenize`` how the judge writes 7, 42, 85 and 100; none if it cannot say."""
-        headers = {}
-        key_env = self.backend.server.api_key_env
-        if key_env and os.environ.get(key_env):
-            headers["Authorization"] = f"Bearer {os.environ[key_env]}"
+        headers = dict(self.backend.headers)
         pieces: dict[str, list[str]] = {}
         try:
             async with httpx.AsyncClient(base_url=self.backend.urls[0], timeout=30.0, headers=headers) as c:

@@ -109,7 +109,10 @@ def run_replay_command(args: argparse.Namespace) -> int:
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A line on stderr; it may quote a prompt set or a server, so it is sanitised."""
+    from personachat.text import sanitize
+
+    print(sanitize(message), file=sys.stderr, flush=True)
 
 
 def _resume_command(args: argparse.Namespace, path: Path) -> str:
@@ -249,9 +252,14 @@ class ProgressDisplay:
             console=Console(stderr=True),
             refresh_per_second=4,
         )
+        from rich.markup import escape
+
+        from personachat.text import sanitize
+
         self._tasks["*"] = self._bar.add_task("all", total=progress.total, completed=progress.done, extra="")
         for name, counts in progress.panes.items():
-            self._tasks[name] = self._bar.add_task(name, total=counts.total, completed=counts.done, extra="")
+            shown = escape(sanitize(name))  # a pane name is drawn through Rich markup here
+            self._tasks[name] = self._bar.add_task(shown, total=counts.total, completed=counts.done, extra="")
         self._bar.start()
 
     def update(self, event: Any, progress: Any) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from personachat.backends.base import Backend
 from personachat.errors import ServerError
 from personachat.profile import Profile
+from personachat.redaction import has_credentials
 from personachat.serving.vllm import RunningServer, VllmLauncher
 
 
@@ -34,8 +35,8 @@ def needed_servers(profile: Profile, panes: Iterable[str] | None = None) -> list
     return [name for name in profile.servers if name in used]
 
 
-def make_backend(profile: Profile, name: str, url: str | None = None) -> Backend:
-    """The backend object for server ``name`` (``url`` for a launched vLLM server)."""
+def make_backend(profile: Profile, name: str, url: str | None = None, api_key: str | None = None) -> Backend:
+    """The backend object for server ``name`` (``url`` and ``api_key`` of a launched vLLM server)."""
     server = profile.servers[name]
     if server.kind == "transformers":
         from personachat.backends.embedded import EmbeddedBackend
@@ -46,7 +47,7 @@ def make_backend(profile: Profile, name: str, url: str | None = None) -> Backend
     if server.kind == "vllm":
         if url is None:
             raise ServerError(f"server '{name}' is not running")
-        return OpenAIBackend(server, [url])
+        return OpenAIBackend(server, [url], api_key=api_key)
     return OpenAIBackend(server)
 
 
@@ -65,7 +66,12 @@ async def connect(
     try:
         for name in servers:
             server = profile.servers[name]
-            url = None
+            url, key = None, None
+            if any(has_credentials(u) for u in server.urls):
+                say(
+                    f"warning: server '{name}': its URL holds a user name or password; give a key with "
+                    "api_key_env instead (credentials are never recorded in transcripts)"
+                )
             if server.kind == "vllm":
                 running = await launcher.find(server)
                 if running is None:
@@ -81,8 +87,8 @@ async def connect(
                     connection.launched.append(running)
                 else:
                     say(f"using running server '{name}' at {running.url}")
-                url = running.url
-            connection.backends[name] = make_backend(profile, name, url)
+                url, key = running.url, running.api_key
+            connection.backends[name] = make_backend(profile, name, url, key)
     except BaseException:
         await connection.close()
         raise

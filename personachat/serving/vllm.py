@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,10 +26,11 @@ from pathlib import Path
 
 import httpx
 
-from personachat.adapters import AdapterError, inspect_adapter, vllm_lora_rank
+from personachat.adapters import AdapterError, flag_value, inspect_adapter, vllm_lora_rank
 from personachat.errors import ServerError
 from personachat.paths import looks_like_path, servers_dir
 from personachat.profile import ServerSpec, is_hub_id
+from personachat.redaction import redacted_args
 
 Progress = Callable[[str], None]
 
@@ -80,6 +82,8 @@ def launch_args(server: ServerSpec, port: int) -> list[str]:
         str(port),
     ]
     user = list(server.args)
+    if server.revision and not _has_flag(user, "--revision"):
+        argv += ["--revision", server.revision]
     if server.adapters:
         ranks = []
         for name, path in server.adapters.items():
@@ -133,6 +137,11 @@ class RunningServer:
     key: str
     started_at: float
     models: list[str]
+    api_key: str | None = None  # the bearer key it takes requests with (state file only, never logged)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def alive(self) -> bool:
         try:
@@ -144,9 +153,11 @@ class RunningServer:
         return True
 
 
-async def probe_models(url: str, models: list[str], *, timeout: float = 120.0) -> str | None:
+async def probe_models(
+    url: str, models: list[str], *, timeout: float = 120.0, headers: dict[str, str] | None = None
+) -> str | None:
     """Send one real 1-token request per model; ``None`` when all succeed, else what failed."""
-    async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, headers=headers) as client:
         for model in models:
             body = {
                 "model": model,
@@ -184,7 +195,9 @@ class VllmLauncher:
             path.unlink(missing_ok=True)
             return None
         try:
-            async with httpx.AsyncClient(base_url=running.url, timeout=5.0) as client:
+            async with httpx.AsyncClient(
+                base_url=running.url, timeout=5.0, headers=running.headers
+            ) as client:
                 r = await client.get("/v1/models")
             served = {m["id"] for m in r.json().get("data", [])}
         except (httpx.HTTPError, ValueError, KeyError):
@@ -201,6 +214,15 @@ class VllmLauncher:
         if server.model and in_demo_dir(server.model) and not Path(server.model).exists():
             say("building the demo models first (a few seconds, no download)")
             ensure_demo(progress=say)
+        if server.model and is_hub_id(server.model) and not Path(server.model).exists():
+            pinned = (
+                f"revision {server.revision}"
+                if server.revision
+                else "no revision pinned (revision = ... pins one)"
+            )
+            say(
+                f"{server.model} is a hub id: vLLM downloads it unless the Hugging Face cache has it ({pinned})"
+            )
         port = server.port or free_port(server.host)
         argv = launch_args(server, port)
         url = f"http://{server.host}:{port}"
@@ -210,9 +232,19 @@ class VllmLauncher:
         env = {**os.environ, **server.env}
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # ignored by GPU builds; CPU builds need it
         env.setdefault("PYTHONUNBUFFERED", "1")  # the log file shows what happened up to now
+        # Runtime adapter loading only when the profile asks for it, never inherited from the shell.
+        env.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
+        if server.runtime_lora:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        # Only requests with this key are served (other local users cannot use the server). It goes
+        # through the environment, not the command line, which every local user can read.
+        api_key = flag_value(server.args, "--api-key")
+        if api_key is None:
+            api_key = secrets.token_urlsafe(32)
+            env["VLLM_API_KEY"] = api_key
         say(f"starting vLLM for server '{server.name}' on {url} (log: {log_path})")
         with open(log_path, "ab") as log:
-            log.write(f"\n$ {' '.join(argv)}\n".encode())
+            log.write(f"\n$ {' '.join(redacted_args(argv))}\n".encode())
             log.flush()
             process = subprocess.Popen(
                 argv,
@@ -230,13 +262,17 @@ class VllmLauncher:
             key=spec_key(server),
             started_at=time.time(),
             models=server.models(),
+            api_key=api_key,
         )
         try:
             await self._wait_ready(running, process, timeout, say)
         except BaseException:
             stop_process_group(process.pid)
             raise
-        self._state_path(server).write_text(json.dumps(asdict(running)))
+        state = self._state_path(server)
+        state.touch(mode=0o600)  # it holds the key: its owner only
+        state.chmod(0o600)
+        state.write_text(json.dumps(asdict(running)))
         say(f"server '{server.name}' ready in {time.time() - running.started_at:.0f} s")
         return running
 
@@ -263,7 +299,7 @@ class VllmLauncher:
                 if healthy:
                     break
                 await asyncio.sleep(0.5)
-        failure = await probe_models(running.url, running.models)
+        failure = await probe_models(running.url, running.models, headers=running.headers)
         if failure:
             raise ServerError(
                 f"vLLM for server '{running.name}' is up but a test request failed: {failure}\n"

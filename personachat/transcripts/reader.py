@@ -62,6 +62,10 @@ def read_transcript(path: Path | str) -> Transcript:
     path = Path(path)
     if not path.exists():
         raise TranscriptError(f"transcript not found: {path}")
+    if not path.is_file():
+        raise TranscriptError(
+            f"{path} is a folder, not a transcript (`personachat transcripts ls {path}` lists them)"
+        )
     transcript = Transcript(path=path, header=None)
     by_id: dict[str, ResponseRecord] = {}
     pending: list[AnnotationRecord] = []
@@ -92,7 +96,7 @@ def read_transcript(path: Path | str) -> Transcript:
                 transcript.judgements.append(data)
             else:
                 transcript.other.append(data)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             transcript.problems.append(f"{path}:{number}: malformed {kind} record ({exc}); skipped")
     for annotation in pending:
         if annotation.target and annotation.target in by_id:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,42 @@ def now_iso() -> str:
 def new_id() -> str:
     """A short unique id for records and sessions."""
     return uuid.uuid4().hex[:16]
+
+
+_STR, _INT, _DICT, _LIST, _BOOL = (str,), (int,), (dict,), (list,), (bool,)
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
+
+
+def check_types(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]], what: str) -> None:
+    """Raise :class:`TypeError` naming the first field of ``data`` whose value has the wrong type.
+
+    A record of the wrong types (``"text": 123``) is then reported with its line and skipped by
+    the reader, instead of breaking whatever shows it.
+    """
+    for key, allowed in types.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            names = "/".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise TypeError(f"{what} field '{key}' must be {names}, not {type(value).__name__}")
+
+
+_HEADER_TYPES = {"session_id": _STR, "profile": _DICT, "servers": _DICT, "host": _DICT, "created_at": _STR}
+_RESPONSE_TYPES = {
+    "id": _STR, "session_id": _STR, "conversation": _INT, "turn": _INT, "pane": _STR, "sample": _INT,
+    "server": _STR, "model": _STR, "adapter": _OPT_STR, "adapter_sha256": _OPT_STR, "base_model": _OPT_STR,
+    "model_sha256": _OPT_STR, "engine": _DICT, "messages": _LIST, "sampling": _DICT, "status": _STR,
+    "text": _STR, "finish_reason": _OPT_STR, "error": _OPT_STR, "usage": _DICT, "timings": _DICT,
+    "tags": _LIST, "parent_id": _OPT_STR, "created_at": _STR, "question_id": (str, int, type(None)),
+    "paraphrase_ix": _OPT_INT, "sample_ix": _OPT_INT, "turn_ix": _OPT_INT, "attempt": _OPT_INT,
+    "promptset": (dict, type(None)), "job": _OPT_STR, "regenerated_from": (list, type(None)),
+}  # fmt: skip
+_ANNOTATION_TYPES = {
+    "id": _STR, "session_id": _STR, "kind": _STR, "value": _STR, "target": _OPT_STR, "turn": _OPT_INT,
+    "conversation": _OPT_INT, "pane": _OPT_STR, "blind": _BOOL, "rater": _OPT_STR, "mapping": (dict, type(None)),
+}  # fmt: skip
 
 
 @dataclass
@@ -44,6 +81,7 @@ class SessionHeader:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SessionHeader:
+        check_types(data, _HEADER_TYPES, "session")
         return cls(
             session_id=data["session_id"],
             created_at=data.get("created_at", ""),
@@ -162,6 +200,11 @@ class ResponseRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResponseRecord:
+        """The record in ``data``; :class:`TypeError` or :class:`KeyError` when it is not one."""
+        check_types(data, _RESPONSE_TYPES, "response")
+        messages = data.get("messages") or []
+        if not all(isinstance(m, dict) and isinstance(m.get("content", ""), str) for m in messages):
+            raise TypeError("response field 'messages' must be a list of {role, content} messages")
         known = {f.name for f in dataclasses.fields(cls)} - {"annotations", "extra", "replay"}
         kwargs = {k: v for k, v in data.items() if k in known}
         replay = None
@@ -242,6 +285,7 @@ class AnnotationRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnnotationRecord:
+        check_types(data, _ANNOTATION_TYPES, "annotation")
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -11,6 +11,7 @@ from personachat.transcripts.reader import Transcript, list_transcripts, read_tr
 
 def run_transcripts(args: argparse.Namespace, directory: Path | None) -> int:
     from rich.console import Console
+    from rich.text import Text
 
     console = Console(highlight=False)
     if args.tr_command == "ls":
@@ -24,11 +25,11 @@ def run_transcripts(args: argparse.Namespace, directory: Path | None) -> int:
             profile = (t.header.profile.get("name") if t.header else None) or "?"
             created = t.header.created_at[:19] if t.header else "?"
             turns = len({(r.conversation, r.turn) for r in t.responses})
-            console.print(
+            line = (
                 f"{path}  {created}  {profile}  {turns} turn(s), {len(t.responses)} response(s), "
-                f"{len(t.annotations)} annotation(s)",
-                markup=False,
+                f"{len(t.annotations)} annotation(s)"
             )
+            console.print(Text(sanitize(line)))
         return 0
     show(read_transcript(args.file), console)
     return 0
@@ -45,12 +46,12 @@ def show(transcript: Transcript, console: object) -> None:
     if header:
         console.print(
             Text(
-                f"session {header.session_id} · {header.profile.get('name')} · {header.created_at}",
+                sanitize(f"session {header.session_id} · {header.profile.get('name')} · {header.created_at}"),
                 style="bold",
             )
         )
     for problem in transcript.problems:
-        console.print(Text(f"warning: {problem}", style="yellow"))
+        console.print(Text(sanitize(f"warning: {problem}"), style="yellow"))
     turns: dict[tuple[int, int], list] = {}
     for record in transcript.responses:
         turns.setdefault((record.conversation, record.turn), []).append(record)
@@ -58,18 +59,27 @@ def show(transcript: Transcript, console: object) -> None:
         console.print(Rule(Text(f"conversation {conversation} · turn {turn}")))
         console.print(Text("user: ", style="bold") + Text(sanitize(records[0].prompt)))
         for ann in transcript.turn_annotations(conversation, turn):
-            console.print(Text(f"  [{ann.kind}] {ann.value}", style="cyan"))
+            console.print(Text(sanitize(f"  [{ann.kind}] {ann.value}"), style="cyan"))
         for r in records:
             title = (
                 f"{r.pane}" + (f" sample {r.sample + 1}" if r.sample else "") + f" ({r.model}) · {r.status}"
             )
             if r.finish_reason:
                 title += f" · {r.finish_reason}"
-            console.print(Text(title, style="bold magenta"))
+            console.print(Text(sanitize(title), style="bold magenta"))
             console.print(Text(sanitize(r.text)))
             if r.error:
-                console.print(Text(f"error: {r.error}", style="red"))
-            for ann in r.annotations:
+                console.print(Text(sanitize(f"error: {r.error}"), style="red"))
+            for ann in r.label_annotations:  # the labels that stand (one per rater)
+                who = f" {ann.rater}" if ann.rater else ""
                 console.print(
-                    Text(f"  [{ann.kind}{' blind' if ann.blind else ''}] {ann.value}", style="cyan")
+                    Text(sanitize(f"  [label{' blind' if ann.blind else ''}{who}] {ann.value}"), style="cyan")
                 )
+            for ann in r.annotations:
+                if ann.kind in ("tag", "note"):
+                    console.print(
+                        Text(
+                            sanitize(f"  [{ann.kind}{' blind' if ann.blind else ''}] {ann.value}"),
+                            style="cyan",
+                        )
+                    )

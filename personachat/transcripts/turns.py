@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from personachat.errors import TranscriptError
-from personachat.profile import Profile, parse_profile
+from personachat.profile import Profile, load_profile, parse_profile
 from personachat.transcripts.reader import Transcript
 from personachat.transcripts.schema import AnnotationRecord, ResponseRecord
 
@@ -68,7 +70,13 @@ def profile_of(transcript: Transcript) -> Profile:
     data = header.profile.get("data")
     if not isinstance(data, dict):
         raise TranscriptError(f"{transcript.path}: the header does not record the profile")
-    return parse_profile(data, header.profile.get("path") or str(transcript.path))
+    path = header.profile.get("path")
+    if header.profile.get("redacted") and isinstance(path, str) and Path(path).is_file():
+        # Secrets were left out of the record: take them from the profile file itself, if unchanged.
+        raw = Path(path).read_bytes()
+        if hashlib.sha256(raw).hexdigest() == header.profile.get("sha256"):
+            return load_profile(path)
+    return parse_profile(data, path or str(transcript.path))
 
 
 @dataclass
