@@ -144,6 +144,18 @@ class TestOtherShapes:
         with pytest.raises(PromptSetError) as exc:
             load_prompt_set(path)
         assert [(p.line, "nested too deeply" in p.message) for p in exc.value.problems] == [(2, True)]
+        deep_yaml = tmp_path / "deep.yaml"
+        deep_yaml.write_text("- id: a\n  paraphrases: " + "[" * 50_000 + "\n")
+        with pytest.raises(PromptSetError) as exc:
+            load_prompt_set(deep_yaml)
+        assert len(exc.value.problems) == 1
+
+    def test_a_pager_with_an_unbalanced_quote_is_a_message(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from personachat.app.pager import show_in_pager
+
+        monkeypatch.setenv("PAGER", 'less "-R')
+        problem = show_in_pager(None, "text")  # type: ignore[arg-type]  # refused before the app is needed
+        assert problem is not None and "cannot read $PAGER" in problem
 
 
 class TestJudgeKinds:

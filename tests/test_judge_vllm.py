@@ -114,7 +114,7 @@ async def test_client_detects_digit_split_and_parses_real_logprobs(vllm_server, 
         "logprobs": True,
         "top_logprobs": 20,
     }
-    async with httpx.AsyncClient(base_url=vllm_server.url) as http:
+    async with httpx.AsyncClient(base_url=vllm_server.url, headers=vllm_server.headers) as http:
         raw = (await http.post("/v1/chat/completions", json=body)).json()
     entries = raw["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
     assert len(entries) == 20
@@ -134,7 +134,7 @@ async def test_continuation_extends_the_assistant_message(vllm_server, vllm_prof
     messages = [{"role": "user", "content": message}]
     templated = f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
     fresh = await scorer.client._top(messages)
-    async with httpx.AsyncClient(base_url=vllm_server.url) as http:
+    async with httpx.AsyncClient(base_url=vllm_server.url, headers=vllm_server.headers) as http:
         for prefix in ("7", "10"):
             body = {
                 "model": "base",

@@ -118,21 +118,26 @@ class OpenAIBackend(Backend):
                 raise BackendError(
                     f"server '{server.name}': environment variable {server.api_key_env} (the API key) is not set"
                 )
-        if api_key is None:  # a server personachat launched takes only its own key
-            from personachat.server_keys import key_for
+        from personachat.server_keys import key_for
 
-            api_key = key_for(self.urls[0])
+        # A server personachat launched takes only its own key (each replica its own).
+        keys = {url: api_key if api_key is not None else key_for(url) for url in self.urls}
         # Credentials written in a URL are used as HTTP basic auth, unless a bearer key is given.
         basic = url_credentials((urls or server.urls)[0])
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        auth = httpx.BasicAuth(*basic) if basic and not api_key else None
+        auth = httpx.BasicAuth(*basic) if basic and not any(keys.values()) else None
         timeout = httpx.Timeout(
             connect=server.connect_timeout, read=server.read_timeout, write=30.0, pool=None
         )
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self.headers = headers
+
+        def headers_for(url: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {keys[url]}"} if keys[url] else {}
+
+        self.headers = headers_for(self.urls[0])
         self._clients = {
-            url: httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, headers=headers, auth=auth)
+            url: httpx.AsyncClient(
+                base_url=url, timeout=timeout, limits=limits, headers=headers_for(url), auth=auth
+            )
             for url in self.urls
         }
         self._outstanding = dict.fromkeys(self.urls, 0)

@@ -319,6 +319,8 @@ class Session:
         blind: bool = False,
         rater: str | None = None,
         mapping: dict[str, str] | None = None,
+        panes: list[str] | None = None,
+        targets: list[str] | None = None,
     ) -> AnnotationRecord:
         """Record a tag, note, label (or its retraction) now. Without ``target`` it applies to the turn."""
         if kind not in ANNOTATION_KINDS:
@@ -335,6 +337,8 @@ class Session:
             blind=blind,
             rater=rater,
             mapping=mapping,
+            panes=panes,
+            targets=targets,
         )
         if self.writer:
             self.writer.write(record)

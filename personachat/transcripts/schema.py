@@ -60,6 +60,7 @@ _RESPONSE_TYPES = {
 _ANNOTATION_TYPES = {
     "id": _STR, "session_id": _STR, "kind": _STR, "value": _STR, "target": _OPT_STR, "turn": _OPT_INT,
     "conversation": _OPT_INT, "pane": _OPT_STR, "blind": _BOOL, "rater": _OPT_STR, "mapping": (dict, type(None)),
+    "panes": (list, type(None)), "targets": (list, type(None)),
 }  # fmt: skip
 
 
@@ -251,10 +252,11 @@ class ResponseRecord:
         return [*self.tags, *(a.value for a in self.annotations if a.kind == "tag")]
 
 
-ANNOTATION_KINDS = ("tag", "note", "label", "unlabel", "blind")
+ANNOTATION_KINDS = ("tag", "note", "label", "unlabel", "blind", "preference")
 """tag, note: on a turn. label: a rater's verdict on one answer (a later label by the same rater
 replaces it); unlabel: retracts that rater's label. blind: blind mode began (``value`` "start") or
-ended ("end", with ``mapping`` letter -> pane)."""
+ended ("end", with ``mapping`` letter -> pane). preference: which of two panes' answers a rater
+found better (``value`` the winning pane or ``tie``, ``panes``, ``targets``: the two answers)."""
 
 
 @dataclass
@@ -272,13 +274,15 @@ class AnnotationRecord:
     blind: bool = False
     rater: str | None = None  # who gave a label (the app's --rater, the profile's, or the user name)
     mapping: dict[str, str] | None = None  # blind "end": letter -> pane name
+    panes: list[str] | None = None  # preference: the two panes compared
+    targets: list[str] | None = None  # preference: the two answers compared (response ids)
     created_at: str = field(default_factory=now_iso)
     schema: int = SCHEMA_VERSION
     type: str = "annotation"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for optional in ("rater", "mapping"):
+        for optional in ("rater", "mapping", "panes", "targets"):
             if data[optional] is None:
                 del data[optional]
         return data
