@@ -17,7 +17,9 @@ Figures (each the median of --repeats runs, after a warm-up):
 
 Every answer runs to max_tokens (greedy, ignore_eos) so that runs compare. Models: the tiny demo
 models (default), or ``--synthetic HIDDEN,LAYERS``: a random Llama of that size with the demo
-tokenizer and three rank-16 LoRA adapters, built into a temporary folder, for GPU-sized figures.
+tokenizer and three rank-16 LoRA adapters, built into a temporary folder, for GPU-sized figures;
+``--synthetic qwen2.5-0.5b``: random weights in Qwen2.5-0.5B-Instruct's shapes with three rank-32
+adapters, the organisms-small scenario's speed and memory without a download.
 
 Usage: python bench/embedded.py [--device auto|cpu|cuda] [--dtype auto|float32|bfloat16] [--threads N]
                                 [--max-tokens 64] [--repeats 3] [--synthetic 2048,16] [--json FILE]
@@ -55,11 +57,65 @@ def models(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
     demo = ensure_demo()
     if not args.synthetic:
         return str(demo.base), {n: str(p) for n, p in demo.adapters.items()}
-    hidden, layers = (int(x) for x in args.synthetic.split(","))
-    root = Path(tempfile.gettempdir()) / f"personachat-bench-{hidden}x{layers}"
+    root = Path(tempfile.gettempdir()) / f"personachat-bench-{args.synthetic.replace(',', 'x')}"
     if not (root / "done").is_file():
-        build_synthetic(demo.base, root, hidden, layers)
+        if args.synthetic == QWEN_05B:
+            build_qwen_shaped(demo.base, root)
+        else:
+            hidden, layers = (int(x) for x in args.synthetic.split(","))
+            build_synthetic(demo.base, root, hidden, layers)
     return str(root / "base"), {n: str(root / n) for n in ADAPTERS}
+
+
+QWEN_05B = "qwen2.5-0.5b"
+
+
+def build_qwen_shaped(demo_base: Path, root: Path) -> None:
+    """Random weights in Qwen2.5-0.5B-Instruct's exact shapes (its config.json), and three rank-32
+    adapters on all seven projections like the 0.5B model organisms: the speed and memory of the
+    organisms-small scenario without a download. Embedding rows past the demo tokenizer's vocabulary
+    are zero, so greedy answers stay decodable while every matrix keeps its real size."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    print(f"building a random Qwen2.5-0.5B-shaped model in {root}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(demo_base)
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    model: Any = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[len(tokenizer) :] = 0
+    model = model.to(torch.bfloat16)
+    shutil.rmtree(root, ignore_errors=True)
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    for i, name in enumerate(ADAPTERS):
+        torch.manual_seed(100 + i)
+        lora = LoraConfig(
+            r=32, lora_alpha=64, use_rslora=True, target_modules=targets, init_lora_weights=False
+        )
+        peft_model = get_peft_model(model, lora)
+        peft_model.save_pretrained(str(root / name))
+        model = peft_model.unload()
+    (root / "done").write_text("ok\n")
 
 
 def build_synthetic(demo_base: Path, root: Path, hidden: int, layers: int) -> None:
@@ -325,7 +381,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--synthetic", help="HIDDEN,LAYERS of a random Llama to use instead of the demo")
+    parser.add_argument(
+        "--synthetic",
+        help=f"HIDDEN,LAYERS of a random Llama to use instead of the demo, or {QWEN_05B} (its real shapes)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument("--json", type=Path, help="also write the figures here")

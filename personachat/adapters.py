@@ -304,6 +304,10 @@ def flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
+def _pin(revision: object) -> str:
+    return f"pinned at {revision}" if isinstance(revision, str) else "no revision pinned: the latest commit"
+
+
 def check_adapters(path: Path, data: dict[str, Any], text: str) -> tuple[list[Problem], list[str]]:
     """Inspect every adapter folder named in the profile; return (errors, notes).
 
@@ -353,7 +357,10 @@ def check_adapters(path: Path, data: dict[str, Any], text: str) -> tuple[list[Pr
                     )
                 )
             else:
-                notes.append(f"server '{name}': model '{model}' is a hub id (not checked offline)")
+                notes.append(
+                    f"server '{name}': model '{model}' is a hub id (not checked offline; "
+                    f"{_pin(table.get('revision'))})"
+                )
         adapters = table.get("adapters")
         if not isinstance(adapters, dict):
             continue
@@ -390,8 +397,13 @@ def check_adapters(path: Path, data: dict[str, Any], text: str) -> tuple[list[Pr
                         )
                     )
                 else:
+                    pins = table.get("adapter_revisions")
+                    folders = table.get("adapter_subfolders")
+                    sub = folders.get(adapter) if isinstance(folders, dict) else None
+                    pin = _pin(pins.get(adapter) if isinstance(pins, dict) else None)
                     notes.append(
-                        f"adapter '{adapter}': '{value}' is a hub id (form checked; not fetched offline)"
+                        f"adapter '{adapter}': '{value}'{f' folder {sub}' if sub else ''} is a hub id "
+                        f"(form checked; not fetched offline; {pin})"
                     )
                 continue
             try:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from personachat.engine.events import Cancelled, Delta, Event, Failed, Finished, Started
-from personachat.errors import PersonachatError
 from personachat.text import sanitize, sanitize_json
 from personachat.transcripts.schema import ResponseRecord
 
@@ -22,16 +21,17 @@ def transcripts_dir(profile_dir: Path | None, override: Path | None) -> Path:
 
 
 async def run_ask(args: argparse.Namespace, profile_name: str | None, transcripts: Path | None) -> int:
+    from personachat.attach import source_profile
     from personachat.engine.session import Session
-    from personachat.profile import open_profile
+    from personachat.profile import only_panes
     from personachat.serving.connect import connect, needed_servers
     from personachat.transcripts.writer import TranscriptWriter, new_transcript_path
 
-    profile = open_profile(profile_name)
-    panes = [p.strip() for p in args.panes.split(",")] if args.panes else None
-    for name in panes or []:
-        if name not in {p.name for p in profile.panes}:
-            raise PersonachatError(f"no pane named '{name}' in {profile.path}")
+    profile = source_profile(args, profile_name)
+    panes = None
+    if args.panes:
+        profile = only_panes(profile, args.panes.split(","))
+        panes = [p.name for p in profile.panes]
     connection = await connect(
         profile, needed_servers(profile, panes), start_missing=not args.no_start, progress=_say
     )

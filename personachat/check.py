@@ -20,7 +20,7 @@ else:  # pragma: no cover
 async def probe_panes(profile: Any) -> tuple[list[str], list[str]]:
     """One real 1-token request per pane on servers that are running; returns (errors, notes)."""
     from personachat.backends.base import GenerationRequest
-    from personachat.errors import PersonachatError
+    from personachat.errors import BackendError, PersonachatError
     from personachat.serving.connect import make_backend
     from personachat.serving.vllm import VllmLauncher
 
@@ -31,18 +31,19 @@ async def probe_panes(profile: Any) -> tuple[list[str], list[str]]:
         if server.kind == "transformers":
             notes.append(f"server '{name}': in-process (loaded when the app or a command starts)")
             continue
-        url, key = None, None
+        urls, key = None, None
         if server.kind == "vllm":
             running = await launcher.find(server)
             if running is None:
                 notes.append(f"server '{name}': not running (`personachat serve {profile.path}` starts it)")
                 continue
-            url, key = running.url, running.api_key
+            urls, key = running.urls, running.api_key
         try:
-            backend = make_backend(profile, name, url, key)
+            backend = make_backend(profile, name, urls, key)
         except PersonachatError as exc:
             errors.append(f"server '{name}': {exc}")
             continue
+        backend.retry_budget = 0.0  # a check reports what it finds now, without waiting
         try:
             for pane in (p for p in profile.panes if p.server == name):
                 request = GenerationRequest(
@@ -54,7 +55,11 @@ async def probe_panes(profile: Any) -> tuple[list[str], list[str]]:
                     await backend.complete(request)
                     notes.append(f"pane '{pane.name}': {pane.model} on '{name}' answered")
                 except PersonachatError as exc:
-                    if "unreachable" in str(exc) and server.kind == "openai":
+                    if (
+                        isinstance(exc, BackendError)
+                        and exc.kind == "unreachable"
+                        and server.kind == "openai"
+                    ):
                         notes.append(f"server '{name}': not reachable ({', '.join(server.urls)}); skipped")
                         break
                     errors.append(f"pane '{pane.name}': {exc}")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from personachat import __version__
+from personachat.attach import add_source_arguments
 from personachat.errors import PersonachatError
 from personachat.sampling import sampling_flag
 
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rater", help="who labels in the app (recorded with each label; default: your user name)"
     )
+    parser.add_argument("--panes", help="comma-separated pane names to open (default: all)")
+    add_source_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     ask = sub.add_parser("ask", help="send one prompt to every pane and print the answers (headless)")
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=sampling_flag("seed"), help="sampling seed (reproduces a recorded answer)"
     )
     ask.add_argument("--no-start", action="store_true", help="fail instead of starting missing vLLM servers")
+    add_source_arguments(ask, sub=True)
 
     check = sub.add_parser("check", help="validate a profile, its adapters, and running servers")
     check.add_argument("profile_pos", metavar="PROFILE", nargs="?")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class PersonachatError(Exception):
@@ -56,10 +57,30 @@ class ServerError(PersonachatError):
     """A model server could not be started, reached or used."""
 
 
+MODEL_MISSING = "model-missing"  # a 404 for the model: not loaded yet, or not served at all
+RETRY_STATUSES = frozenset({408, 409, 425, 429})  # and every 5xx
+
+
 class BackendError(PersonachatError):
     """A request to a model failed; the message is shown in the pane."""
 
-    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        kind: str | None = None,
+        attempts: list[dict[str, Any]] | None = None,
+    ):
         self.status = status
         self.kind = kind
+        self.attempts = attempts or []  # the failed attempts before giving up (see RetryBudget)
         super().__init__(message)
+
+    @property
+    def transient(self) -> bool:
+        """Whether the same request may succeed later: the server was unreachable or lost the
+        connection, is overloaded (5xx, 408, 409, 425, 429), or does not serve the model yet."""
+        if self.status is None:
+            return self.kind in ("unreachable", "lost")
+        return self.status >= 500 or self.status in RETRY_STATUSES or self.kind == MODEL_MISSING

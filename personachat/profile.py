@@ -49,10 +49,17 @@ class ServerSpec:
     device: str = "auto"
     dtype: str = "auto"
     revision: str | None = None
+    adapter_revisions: dict[str, str] = field(default_factory=dict)  # hub adapters' pinned commits
+    adapter_subfolders: dict[str, str] = field(default_factory=dict)  # hub adapters inside a repo folder
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
     env: dict[str, str] = field(default_factory=dict)
     runtime_lora: bool = False  # vllm: allow loading adapters at run time (off unless the profile asks)
+    retry_budget: float = 60.0  # seconds a request keeps retrying a server that is warming up or failing
+    replicas: int = 1  # vllm: identical workers to launch
+    router: str | None = None  # vllm: "vllm-router" in front of the replicas (else client-side balancing)
+    gpus: list[list[int]] | None = None  # vllm: each replica's devices (default: its own, in order)
+    tensor_parallel_size: int | None = None  # vllm: GPUs per replica
 
     @property
     def base_name(self) -> str:
@@ -130,6 +137,22 @@ class Profile:
     def server_of(self, pane: PaneSpec) -> ServerSpec:
         return self.servers[pane.server]
 
+    def new_pane(self, name: str, server: str, model: str) -> PaneSpec:
+        """A pane opened after loading (an adapter loaded at run time), with the profile's defaults."""
+        defaults = self.raw.get("defaults") or {}
+        return PaneSpec(
+            name=name,
+            server=server,
+            model=model,
+            system=defaults.get("system"),
+            sampling=_sampling(defaults, Sampling()),
+            transform=PromptTransform(
+                prefix=defaults.get("prefix", ""),
+                suffix=defaults.get("suffix", ""),
+                template=defaults.get("template"),
+            ),
+        )
+
 
 TRANSFORM_KEYS: dict[str, Expected] = {"prefix": str, "suffix": str, "template": str}
 PANE_KEYS: dict[str, Expected] = {
@@ -158,6 +181,13 @@ SERVER_KEYS: dict[str, dict[str, Expected]] = {
         "read_timeout": (int, float),
         "runtime_lora": bool,
         "revision": str,
+        "adapter_revisions": dict,
+        "adapter_subfolders": dict,
+        "retry_budget": (int, float),
+        "replicas": int,
+        "router": str,
+        "gpus": list,
+        "tensor_parallel_size": int,
     },
     "openai": {
         "kind": str,
@@ -169,6 +199,7 @@ SERVER_KEYS: dict[str, dict[str, Expected]] = {
         "adapters": dict,
         "connect_timeout": (int, float),
         "read_timeout": (int, float),
+        "retry_budget": (int, float),
     },
     "transformers": {
         "kind": str,
@@ -178,6 +209,8 @@ SERVER_KEYS: dict[str, dict[str, Expected]] = {
         "device": str,
         "dtype": str,
         "revision": str,
+        "adapter_revisions": dict,
+        "adapter_subfolders": dict,
     },
 }
 TOP_KEYS = {"name", "description", "transcripts", "defaults", "servers", "panes", "labels", "judge", "rater"}
@@ -349,6 +382,43 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
     )
 
 
+def api_root(url: str) -> str:
+    """``url`` without a trailing slash or ``/v1``: users paste ``http://host:8000/v1`` (the
+    OpenAI client's base URL) as often as the server's root."""
+    url = url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+ROUTERS = ("vllm-router",)
+
+
+def _check_replicas(checker: Checker, table: dict[str, Any], path: KeyPath) -> None:
+    """``replicas``, ``router``, ``gpus`` and ``tensor_parallel_size`` of a vllm server."""
+    replicas = table.get("replicas", 1)
+    if isinstance(replicas, int) and replicas < 1:
+        checker.at((*path, "replicas"), "must be at least 1")
+    router = table.get("router")
+    if isinstance(router, str) and router not in ROUTERS:
+        checker.at((*path, "router"), f"must be one of {', '.join(ROUTERS)} (got {router!r})")
+    tp = table.get("tensor_parallel_size")
+    if isinstance(tp, int) and tp < 1:
+        checker.at((*path, "tensor_parallel_size"), "must be at least 1")
+    gpus = table.get("gpus")
+    if gpus is None:
+        return
+    if not isinstance(gpus, list) or not all(
+        isinstance(g, list)
+        and g
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in g)
+        for g in gpus
+    ):
+        checker.at((*path, "gpus"), "must list each replica's GPU numbers, e.g. [[0], [1]]")
+    elif isinstance(replicas, int) and len(gpus) != replicas:
+        checker.at((*path, "gpus"), f"lists {len(gpus)} replicas' GPUs but replicas = {replicas}")
+    elif isinstance(tp, int) and any(len(g) != tp for g in gpus):
+        checker.at((*path, "gpus"), f"each replica needs tensor_parallel_size = {tp} GPUs")
+
+
 def _build_server(
     checker: Checker, name: str, kind: str, table: dict[str, Any], path: KeyPath, base_dir: Path | None
 ) -> ServerSpec | None:
@@ -358,11 +428,26 @@ def _build_server(
         for adapter, value in adapters.items():
             if not isinstance(value, str):
                 checker.at((*path, "adapters", adapter), "must be a path (string)")
-            if not _ADAPTER_NAME.match(str(adapter)):
+            if not valid_adapter_name(str(adapter)):
                 checker.at(
                     (*path, "adapters", adapter),
                     "an adapter name is letters, digits, '.', '_' or '-' (it becomes a served model name)",
                 )
+    hub_keys: dict[str, dict[str, str]] = {}
+    for key, what in (("adapter_revisions", "a commit hash"), ("adapter_subfolders", "a folder in the repo")):
+        entries = table.get(key, {})
+        hub_keys[key] = {}
+        if not isinstance(entries, dict):
+            continue
+        for adapter, value in entries.items():
+            if not isinstance(adapters, dict) or adapter not in adapters:
+                checker.at((*path, key, adapter), "names no adapter of this server")
+            elif not isinstance(value, str) or not value:
+                checker.at((*path, key, adapter), f"must be {what} (string)")
+            elif not is_hub_id(str(adapters[adapter])):
+                checker.at((*path, key, adapter), "applies to hub ids only (this adapter is a folder)")
+            else:
+                hub_keys[key][str(adapter)] = value
     args = table.get("args", [])
     if isinstance(args, list) and not all(isinstance(a, str) for a in args):
         checker.at((*path, "args"), "must be a list of strings")
@@ -381,6 +466,8 @@ def _build_server(
     port = table.get("port")
     if isinstance(port, int) and not 0 < port < 65536:
         checker.at((*path, "port"), "must be between 1 and 65535")
+    if kind == "vllm":
+        _check_replicas(checker, table, path)
     device = table.get("device")
     if (
         kind == "transformers"
@@ -402,10 +489,14 @@ def _build_server(
             "dtype",
             "revision",
             "runtime_lora",
+            "replicas",
+            "router",
+            "gpus",
+            "tensor_parallel_size",
         )
         if key in table
     }
-    for key in ("connect_timeout", "read_timeout"):
+    for key in ("connect_timeout", "read_timeout", "retry_budget"):
         if key in table:
             given[key] = float(table[key])
     return ServerSpec(
@@ -417,7 +508,9 @@ def _build_server(
         else {},
         args=list(args),
         python=expand_path(table["python"], base_dir) if table.get("python") else None,
-        urls=[u.rstrip("/") for u in urls],
+        urls=[api_root(u) for u in urls],
+        adapter_revisions=hub_keys["adapter_revisions"],
+        adapter_subfolders=hub_keys["adapter_subfolders"],
         env={str(k): str(v) for k, v in table.get("env", {}).items()},
         **given,
     )
@@ -440,6 +533,11 @@ def load_profile(path: str | Path) -> Profile:
     return parse_profile(data, path, text)
 
 
+def valid_adapter_name(name: str) -> bool:
+    """Whether ``name`` can be a served adapter name (letters, digits, '.', '_', '-')."""
+    return bool(_ADAPTER_NAME.match(name))
+
+
 def is_hub_id(value: str) -> bool:
     """True when ``value`` has the form ``owner/name`` of a model hub id."""
     return bool(_HUB_ID.match(value))
@@ -456,6 +554,20 @@ def find_profile(name: str | None) -> Path:
         if path.is_file():
             return path
     raise ProfileError([Problem(name, "no such profile (give a path, or a name from profiles/)")])
+
+
+def only_panes(profile: Profile, names: list[str]) -> Profile:
+    """``profile`` with only the panes named (by pane name or model name), in the order given."""
+    chosen: list[PaneSpec] = []
+    for name in (n.strip() for n in names if n.strip()):
+        matches = [p for p in profile.panes if name in (p.name, p.model)]
+        if not matches:
+            have = ", ".join(p.name for p in profile.panes)
+            raise ProfileError(
+                [Problem(profile.path or profile.name, f"no pane named '{name}' (have: {have})")]
+            )
+        chosen += [p for p in matches if p not in chosen]
+    return dataclasses.replace(profile, panes=chosen)
 
 
 def open_profile(name: str | None) -> Profile:

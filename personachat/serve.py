@@ -27,7 +27,7 @@ async def run_serve(profile_name: str | None, *, foreground: bool = False, stop:
         return 0
     if stop:
         for server in servers:
-            running = await launcher.find(server)
+            running = await launcher.find(server, answering=False)
             if running:
                 launcher.stop(running)
                 say(f"stopped server '{server.name}' ({running.url})")
@@ -43,7 +43,8 @@ async def run_serve(profile_name: str | None, *, foreground: bool = False, stop:
                 continue
             running = await launcher.start(server, progress=say)
             started.append(running)
-            say(f"server '{server.name}' ready at {running.url}: {', '.join(running.models)}")
+            behind = f" ({running.router} over {', '.join(running.workers)})" if running.router else ""
+            say(f"server '{server.name}' ready at {running.url}{behind}: {', '.join(running.models)}")
     except BaseException:
         for running in started:
             launcher.stop(running)

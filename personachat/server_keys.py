@@ -24,6 +24,8 @@ def key_for(url: str) -> str | None:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(state, dict) and state.get("url") == url and isinstance(state.get("api_key"), str):
-            return state["api_key"]
+        if not isinstance(state, dict) or not isinstance(state.get("api_key"), str):
+            continue
+        if state.get("url") == url or url in (state.get("workers") or []):
+            return str(state["api_key"])
     return None

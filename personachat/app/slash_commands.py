@@ -282,6 +282,25 @@ def export(app: PersonachatApp, cmd: Command) -> None:
     app.say(f"exported {written.name} and {page.name} in {written.parent}")
 
 
+def _can_load(app: PersonachatApp) -> bool:
+    from personachat.app.adapter_panes import can_load
+
+    return can_load(app)
+
+
+@command(
+    "load",
+    "load a LoRA adapter into the running vLLM server and open a pane for it",
+    args=(Arg("NAME", "word"), Arg("PATH", "path")),
+    applies=_can_load,
+)
+def load(app: PersonachatApp, cmd: Command) -> None:
+    from personachat.app.adapter_panes import open_adapter_pane
+
+    name, path = cmd.values
+    app.run_worker(open_adapter_pane(app, name, path), group="load-adapter", exit_on_error=False)
+
+
 # -- prompt sets and the judge -------------------------------------------------------------------
 
 

@@ -52,7 +52,15 @@ class UsagePart:
     completion_tokens: int | None
 
 
-StreamPart = TextPart | EndPart | UsagePart
+@dataclass(slots=True)
+class ServedPart:
+    """Who answered: the URL that took the request, and the attempts that failed before it."""
+
+    url: str
+    failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+StreamPart = TextPart | EndPart | UsagePart | ServedPart
 
 
 @dataclass
@@ -65,6 +73,8 @@ class Completion:
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    served_by: str | None = None
+    failed_attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +97,7 @@ class Backend(abc.ABC):
 
     def __init__(self, server: ServerSpec):
         self.server = server
+        self.retry_budget = server.retry_budget  # seconds to keep retrying a failing server
 
     async def start(self, progress: ProgressCallback | None = None) -> None:  # noqa: B027
         """Connect or load models; idempotent. The default does nothing."""

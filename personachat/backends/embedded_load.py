@@ -132,6 +132,10 @@ def _load_adapters(server: ServerSpec, model: Any, device: Any, say: Say) -> Any
             "autocast_adapter_dtype": False,
             "torch_device": str(device),
         }
+        if name in server.adapter_revisions:
+            options["revision"] = server.adapter_revisions[name]
+        if name in server.adapter_subfolders:
+            options["subfolder"] = server.adapter_subfolders[name]
         try:
             if peft_model is None:
                 peft_model = PeftModel.from_pretrained(model, path, **options)

@@ -9,8 +9,10 @@ and a replica that refuses connections is skipped for a while.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,16 +26,56 @@ from personachat.backends.base import (
     EndPart,
     EngineInfo,
     GenerationRequest,
+    ServedPart,
     StreamPart,
     TextPart,
     UsagePart,
 )
-from personachat.errors import BackendError
-from personachat.profile import ServerSpec
+from personachat.errors import MODEL_MISSING, BackendError
+from personachat.profile import ServerSpec, api_root
 
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 _LOST_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ReadTimeout)
 REPLICA_RETRY_AFTER = 5.0  # seconds a refusing replica is skipped
+
+
+def worth_retrying(exc: BaseException) -> bool:
+    """Whether a failed attempt may succeed later (see :attr:`BackendError.transient`)."""
+    if isinstance(exc, (*_CONNECT_ERRORS, *_LOST_ERRORS)):
+        return True
+    return isinstance(exc, BackendError) and exc.transient
+
+
+class RetryBudget:
+    """The attempts of one request: exponential backoff with jitter, within ``budget`` seconds."""
+
+    def __init__(self, budget: float):
+        self.deadline = time.monotonic() + max(budget, 0.0)
+        self.delay = 0.25
+        self.failed: list[dict[str, Any]] = []
+
+    async def wait(self, url: str, exc: BaseException) -> None:
+        """Record a failed attempt and sleep before the next; re-raise (as a BackendError) when the
+        budget cannot cover another wait or the failure will not go away."""
+        if isinstance(exc, BackendError):
+            message = str(exc)
+        elif isinstance(exc, _CONNECT_ERRORS):
+            message = f"{url} is unreachable ({type(exc).__name__})"
+        else:
+            message = f"connection to {url} lost ({type(exc).__name__})"
+        self.failed.append({"url": url, "error": message[:300], "at": round(time.time(), 3)})
+        pause = self.delay * (0.5 + random.random())
+        if not worth_retrying(exc) or time.monotonic() + pause > self.deadline:
+            if isinstance(exc, BackendError) and len(self.failed) == 1:
+                raise exc
+            tries = f" (after {len(self.failed)} attempts)" if len(self.failed) > 1 else ""
+            status = exc.status if isinstance(exc, BackendError) else None
+            kind = exc.kind if isinstance(exc, BackendError) else "unreachable"
+            if isinstance(exc, _LOST_ERRORS):
+                kind = "lost"
+            raise BackendError(f"{message}{tries}", status=status, kind=kind, attempts=self.failed) from None
+        self.delay = min(self.delay * 2, 8.0)
+        await asyncio.sleep(pause)
 
 
 def request_body(request: GenerationRequest, *, stream: bool, vllm: bool) -> dict[str, Any]:
@@ -78,10 +120,19 @@ def error_message(status: int, payload: bytes, model: str) -> BackendError:
         message = str(err.get("message") or message)
         kind = err.get("type")
     if status == 404 and ("model" in message.lower() or kind == "NotFoundError"):
+        # A router or a dynamic loader still loading it answers so for a while: worth waiting for.
         return BackendError(
-            f"model '{model}' is not served here (HTTP 404: {message})", status=status, kind=kind
+            f"model '{model}' is not served here (HTTP 404: {message})", status=status, kind=MODEL_MISSING
         )
     return BackendError(f"HTTP {status}{f' {kind}' if kind else ''}: {message}", status=status, kind=kind)
+
+
+def served_by(url: str, headers: httpx.Headers) -> str:
+    """The URL that answered, and the replica behind a router when the router says which."""
+    for name in ("x-served-by", "x-worker-url", "x-backend-server"):
+        if headers.get(name):
+            return f"{url} -> {headers[name]}"
+    return url
 
 
 def url_credentials(url: str) -> tuple[str, str] | None:
@@ -106,9 +157,10 @@ class OpenAIBackend(Backend):
         *,
         max_connections: int = 256,
         api_key: str | None = None,
+        workers: list[str] | None = None,
     ):
         super().__init__(server)
-        self.urls = [strip_credentials(u).rstrip("/") for u in (urls or server.urls)]
+        self.urls = [api_root(strip_credentials(u)) for u in (urls or server.urls)]
         if not self.urls:
             raise BackendError(f"server '{server.name}' has no URL")
         self._vllm = server.kind == "vllm"
@@ -144,6 +196,9 @@ class OpenAIBackend(Backend):
         self._down_until = dict.fromkeys(self.urls, 0.0)
         self.answered = dict.fromkeys(self.urls, 0)  # successful requests per replica
         self._info: EngineInfo | None = None
+        self.workers = list(workers or self.urls)  # where adapters are loaded: behind a router, each worker
+        self._keys = {url: keys.get(url) or api_key or key_for(url) for url in self.workers}
+        self._auth = auth
 
     # -- replica choice -------------------------------------------------------------------------
 
@@ -159,7 +214,9 @@ class OpenAIBackend(Backend):
         """Choose a replica not tried yet for one request and count it as outstanding there."""
         url = self._pick(tried)
         if url is None:
-            raise BackendError(f"server '{self.server.name}' is unreachable ({', '.join(self.urls)})")
+            raise BackendError(
+                f"server '{self.server.name}' is unreachable ({', '.join(self.urls)})", kind="unreachable"
+            )
         tried.add(url)
         self._outstanding[url] += 1  # the caller's ``finally`` gives it back
         return url
@@ -210,36 +267,50 @@ class OpenAIBackend(Backend):
                 return int(response.json()["count"])
         return None
 
+    def _next_url(self, tried: set[str]) -> str:
+        """A replica for the next attempt; every replica again once each was tried."""
+        if len(tried) >= len(self.urls):
+            tried.clear()
+        return self._take(tried)
+
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamPart]:
+        """Stream the answer; failed attempts are retried (see :class:`RetryBudget`) as long as no
+        text has arrived. The first part says which URL answered (:class:`ServedPart`)."""
         await self.check_context(request)
         body = orjson.dumps(request_body(request, stream=True, vllm=self._vllm))
+        budget = RetryBudget(self.retry_budget)
         tried: set[str] = set()
         while True:
-            url = self._take(tried)
+            url = self._next_url(tried)
             yielded = False
             try:
-                async for part in self._stream_from(url, body, request.model):
-                    yielded = True
+                async for part in self._stream_from(url, body, request.model, budget.failed):
+                    yielded = yielded or isinstance(part, TextPart)
                     yield part
                 self.answered[url] += 1
                 return
-            except _CONNECT_ERRORS:
-                self._mark_down(url)
-                continue  # nothing was sent to this replica: try another one
-            except _LOST_ERRORS as exc:
-                if not yielded and len(self.urls) > 1:
+            except (*_CONNECT_ERRORS, *_LOST_ERRORS, BackendError) as exc:
+                if yielded:  # text was shown: asking again would give another answer
+                    if isinstance(exc, BackendError):
+                        raise
+                    raise BackendError(
+                        f"connection to {url} lost mid-answer ({type(exc).__name__})", kind="lost"
+                    ) from None
+                if isinstance(exc, (*_CONNECT_ERRORS, *_LOST_ERRORS)):
                     self._mark_down(url)
-                    continue
-                raise BackendError(f"connection to {url} lost mid-answer ({type(exc).__name__})") from None
+                await budget.wait(url, exc)
             finally:
                 self._outstanding[url] -= 1
 
-    async def _stream_from(self, url: str, body: bytes, model: str) -> AsyncIterator[StreamPart]:
+    async def _stream_from(
+        self, url: str, body: bytes, model: str, failed: list[dict[str, Any]]
+    ) -> AsyncIterator[StreamPart]:
         client = self._clients[url]
         headers = {"Content-Type": "application/json"}
         async with client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as response:
             if response.status_code != 200:
                 raise error_message(response.status_code, await response.aread(), model)
+            yield ServedPart(served_by(url, response.headers), list(failed))
             buffer = b""
             async for chunk in response.aiter_raw():
                 buffer += chunk
@@ -263,26 +334,25 @@ class OpenAIBackend(Backend):
             # vLLM sums usage over the n samples; the token ids give each sample's own count.
             payload.setdefault("return_token_ids", True)
         body = orjson.dumps(payload)
+        budget = RetryBudget(self.retry_budget)
         tried: set[str] = set()
         while True:
-            url = self._take(tried)
+            url = self._next_url(tried)
             try:
                 response = await self._clients[url].post(
                     "/v1/chat/completions", content=body, headers={"Content-Type": "application/json"}
                 )
-            except _CONNECT_ERRORS:
-                self._mark_down(url)
+                if response.status_code != 200:
+                    raise error_message(response.status_code, response.content, request.model)
+            except (*_CONNECT_ERRORS, *_LOST_ERRORS, BackendError) as exc:
+                if isinstance(exc, (*_CONNECT_ERRORS, *_LOST_ERRORS)):
+                    self._mark_down(url)
+                await budget.wait(url, exc)
                 continue
-            except _LOST_ERRORS as exc:
-                self._mark_down(url)
-                if len(self.urls) > 1:
-                    continue
-                raise BackendError(f"connection to {url} lost ({type(exc).__name__})") from None
             finally:
                 self._outstanding[url] -= 1
-            if response.status_code != 200:
-                raise error_message(response.status_code, response.content, request.model)
             self.answered[url] += 1
+            answered_by = served_by(url, response.headers)
             data = orjson.loads(response.content)
             usage = data.get("usage") or {}
             choices = data.get("choices") or []
@@ -295,6 +365,8 @@ class OpenAIBackend(Backend):
                     completion_tokens=len(c["token_ids"]) if c.get("token_ids") is not None else single,
                     prompt_tokens=usage.get("prompt_tokens"),
                     raw=c,
+                    served_by=answered_by,
+                    failed_attempts=list(budget.failed),
                 )
                 for i, c in enumerate(choices)
             ]
@@ -325,6 +397,36 @@ class OpenAIBackend(Backend):
         """Names the (first) server lists under ``/v1/models``."""
         self._info = None
         return list((await self.engine_info()).models)
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a LoRA adapter at run time on every worker (vLLM's ``/v1/load_lora_adapter``; the
+        server must allow it: ``runtime_lora = true``). Raises :class:`BackendError` with vLLM's
+        reason when a worker refuses."""
+        body = {"lora_name": name, "lora_path": path}
+        timeout = httpx.Timeout(
+            connect=self.server.connect_timeout, read=self.server.read_timeout, write=30, pool=None
+        )
+        for url in self.workers:
+            key = self._keys.get(url)
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            async with httpx.AsyncClient(
+                base_url=url, timeout=timeout, headers=headers, auth=self._auth
+            ) as client:
+                try:
+                    response = await client.post("/v1/load_lora_adapter", json=body)
+                except httpx.HTTPError as exc:
+                    raise BackendError(
+                        f"{url} is unreachable ({type(exc).__name__})", kind="unreachable"
+                    ) from None
+            if response.status_code == 404 and b"load_lora_adapter" not in response.content:
+                raise BackendError(
+                    f"{url} cannot load adapters at run time: set runtime_lora = true on the server "
+                    "(vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING) and restart it",
+                    status=404,
+                )
+            if response.status_code != 200:
+                raise error_message(response.status_code, response.content, name)
+        self._info = None  # the served models changed
 
     async def aclose(self) -> None:
         for client in self._clients.values():

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from personachat.backends.base import Backend
-from personachat.profile import PaneSpec, Profile
+from personachat.profile import PaneSpec, Profile, is_hub_id
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,21 @@ async def describe_servers(profile: Profile, backends: Mapping[str, Backend]) ->
                 entry["model_sha256"] = None
         adapter_paths = dict(server.adapters)
         for model_name, m in models.items():
-            if m.get("parent") and model_name not in adapter_paths and m.get("root"):
-                adapter_paths[model_name] = m["root"]
+            root = m.get("root")
+            if not m.get("parent") or not root:
+                continue
+            # A hub adapter: the folder the server loaded it from can be hashed.
+            if model_name not in adapter_paths or (
+                is_hub_id(adapter_paths[model_name]) and Path(root).is_dir()
+            ):
+                adapter_paths[model_name] = root
         for adapter, path in adapter_paths.items():
             try:
                 sha = content_sha256(path)
             except (AdapterError, OSError):
                 sha = None
             entry["adapters"][adapter] = {"path": path, "sha256": sha}
+            if adapter in server.adapter_revisions:
+                entry["adapters"][adapter]["revision"] = server.adapter_revisions[adapter]
         out[name] = entry
     return out

@@ -34,6 +34,8 @@ def build_response_record(
     parent_id: str | None = None,
     regenerated_from: list[str] | None = None,
     replay: JobRef | None = None,
+    served_by: str | None = None,
+    failed_attempts: list[dict[str, Any]] | None = None,
 ) -> ResponseRecord:
     """One response record of the pane whose identity is ``identity``."""
     return ResponseRecord(
@@ -62,4 +64,6 @@ def build_response_record(
         parent_id=parent_id,
         regenerated_from=regenerated_from,
         replay=replay,
+        served_by=served_by,
+        failed_attempts=list(failed_attempts or []),
     )

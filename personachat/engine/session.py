@@ -25,13 +25,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from personachat import __version__
-from personachat.backends.base import Backend, EndPart, GenerationRequest, TextPart, UsagePart
+from personachat.backends.base import (
+    Backend,
+    EndPart,
+    GenerationRequest,
+    ServedPart,
+    TextPart,
+    UsagePart,
+)
 from personachat.chat import Message
 from personachat.engine.events import Cancelled, Delta, Event, Failed, Finished, Started, Timings, Usage
 from personachat.engine.identity import PaneIdentity, describe_servers
 from personachat.engine.records import build_response_record
 from personachat.engine.requests import NO_OVERRIDES, Overrides, build_request, fresh_seed, turn_tags
-from personachat.errors import PersonachatError
+from personachat.errors import BackendError, PersonachatError
 from personachat.profile import PaneSpec, Profile
 from personachat.redaction import redact_profile
 from personachat.sampling import Sampling
@@ -129,6 +136,7 @@ class _Outcome:
     reasons: dict[int, str | None]
     timings: dict[int, Timings]
     usage: Usage
+    served: ServedPart | None = None
 
 
 class Session:
@@ -249,6 +257,18 @@ class Session:
                 state.last.in_history = True
 
     # -- changing panes ------------------------------------------------------------------------
+
+    def add_pane(self, spec: PaneSpec, adapter: dict[str, Any] | None = None) -> None:
+        """Open a pane mid-session (an adapter loaded at run time). ``adapter`` (``{"path",
+        "sha256"}``) makes its records name the adapter and its content hash."""
+        if spec.name in self.panes:
+            raise PersonachatError(f"there is already a pane named '{spec.name}'")
+        self.profile.panes.append(spec)
+        self.panes[spec.name] = PaneConversation(dataclasses.replace(spec))
+        if adapter is not None:
+            self.profile.servers[spec.server].adapters[spec.model] = str(adapter.get("path"))
+            served = self.identities.setdefault(spec.server, {}).setdefault("adapters", {})
+            served[spec.model] = dict(adapter)
 
     def _targets(self, pane: str | None) -> list[PaneConversation]:
         if pane in (None, "all"):
@@ -459,10 +479,14 @@ class Session:
                         outcome.timings[part.index].e2el = now - sent
                 elif isinstance(part, UsagePart):
                     outcome.usage = Usage(part.prompt_tokens, part.completion_tokens)
+                elif isinstance(part, ServedPart):
+                    outcome.served = part
         except asyncio.CancelledError:
             status = "cancelled"
         except PersonachatError as exc:
             status, error = "failed", str(exc)
+            if isinstance(exc, BackendError) and exc.attempts:
+                outcome.served = ServedPart("", list(exc.attempts))
         except Exception as exc:  # a backend bug must not take the other panes down
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
@@ -518,6 +542,8 @@ class Session:
                 parent_id=state.parent_id if current else None,
                 regenerated_from=job.regenerated_from,
                 replay=job.sent_turn.replay,
+                served_by=outcome.served.url or None if outcome.served else None,
+                failed_attempts=outcome.served.failed_attempts if outcome.served else None,
             )
             if self.writer:
                 self.writer.write(record)

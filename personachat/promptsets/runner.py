@@ -92,10 +92,8 @@ class _AttemptFailed(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Client errors (a 4xx other than timeouts and rate limits) fail the same way every time."""
-    if isinstance(exc, BackendError) and exc.status is not None:
-        return not (400 <= exc.status < 500) or exc.status in (408, 409, 429)
-    return True
+    """Whether another attempt may succeed: not for errors that fail the same way every time."""
+    return exc.transient if isinstance(exc, BackendError) else True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -513,6 +511,8 @@ class ReplayRunner:
             tags=turn_tags(pane, turn_ix),
             parent_id=parent_id,
             replay=job_ref(self.prompt_set, job, turn_ix, attempt),
+            served_by=completion.served_by,
+            failed_attempts=completion.failed_attempts,
         )
 
     def _failed_record(

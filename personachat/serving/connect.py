@@ -35,8 +35,15 @@ def needed_servers(profile: Profile, panes: Iterable[str] | None = None) -> list
     return [name for name in profile.servers if name in used]
 
 
-def make_backend(profile: Profile, name: str, url: str | None = None, api_key: str | None = None) -> Backend:
-    """The backend object for server ``name`` (``url`` and ``api_key`` of a launched vLLM server)."""
+def make_backend(
+    profile: Profile,
+    name: str,
+    urls: list[str] | None = None,
+    api_key: str | None = None,
+    workers: list[str] | None = None,
+) -> Backend:
+    """The backend object for server ``name`` (``urls`` and ``api_key`` of a launched vLLM server:
+    its router, or its workers; ``workers``: every worker, where adapters are loaded)."""
     server = profile.servers[name]
     if server.kind == "transformers":
         from personachat.backends.embedded import EmbeddedBackend
@@ -45,9 +52,9 @@ def make_backend(profile: Profile, name: str, url: str | None = None, api_key: s
     from personachat.backends.openai_http import OpenAIBackend
 
     if server.kind == "vllm":
-        if url is None:
+        if not urls:
             raise ServerError(f"server '{name}' is not running")
-        return OpenAIBackend(server, [url], api_key=api_key)
+        return OpenAIBackend(server, urls, api_key=api_key, workers=workers)
     return OpenAIBackend(server)
 
 
@@ -66,7 +73,7 @@ async def connect(
     try:
         for name in servers:
             server = profile.servers[name]
-            url, key = None, None
+            urls, key, workers = None, None, None
             if any(has_credentials(u) for u in server.urls):
                 say(
                     f"warning: server '{name}': its URL holds a user name or password; give a key with "
@@ -87,8 +94,8 @@ async def connect(
                     connection.launched.append(running)
                 else:
                     say(f"using running server '{name}' at {running.url}")
-                url, key = running.url, running.api_key
-            connection.backends[name] = make_backend(profile, name, url, key)
+                urls, key, workers = running.urls, running.api_key, running.workers or None
+            connection.backends[name] = make_backend(profile, name, urls, key, workers)
     except BaseException:
         await connection.close()
         raise

@@ -56,6 +56,7 @@ _RESPONSE_TYPES = {
     "tags": _LIST, "parent_id": _OPT_STR, "created_at": _STR, "question_id": (str, int, type(None)),
     "paraphrase_ix": _OPT_INT, "sample_ix": _OPT_INT, "turn_ix": _OPT_INT, "attempt": _OPT_INT,
     "promptset": (dict, type(None)), "job": _OPT_STR, "regenerated_from": (list, type(None)),
+    "served_by": _OPT_STR, "failed_attempts": _LIST,
 }  # fmt: skip
 _ANNOTATION_TYPES = {
     "id": _STR, "session_id": _STR, "kind": _STR, "value": _STR, "target": _OPT_STR, "turn": _OPT_INT,
@@ -159,6 +160,8 @@ class ResponseRecord:
     created_at: str = field(default_factory=now_iso)
     regenerated_from: list[str] | None = None  # a regenerated answer: the ids it replaces
     replay: JobRef | None = None  # written as flat fields (question_id, paraphrase_ix, ...)
+    served_by: str | None = None  # the URL that answered (a replica, or a router and its worker)
+    failed_attempts: list[dict[str, Any]] = field(default_factory=list)  # retried before it answered
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
     type: str = "response"
