@@ -85,6 +85,8 @@ class PaneSpec:
     system: str | None = None  # None: send no system message (not the same as "")
     sampling: Sampling = field(default_factory=Sampling)
     transform: PromptTransform = field(default_factory=PromptTransform)
+    step: float | None = None  # a checkpoint's training step (report plots a series against it)
+    series: str | None = None  # the checkpoint series it belongs to (default: its name's stem)
 
     @property
     def title(self) -> str:
@@ -162,6 +164,8 @@ PANE_KEYS: dict[str, Expected] = {
     "label": str,
     "color": str,
     "system": str,
+    "step": (int, float),
+    "series": str,
     **SAMPLING_TYPES,
     **TRANSFORM_KEYS,
 }
@@ -287,6 +291,9 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
         before = checker.count
         checker.check_table(table, PANE_KEYS, ppath, "a pane")
         _check_sampling(checker, table, ppath)
+        step = table.get("step")
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and step < 0:
+            checker.at((*ppath, "step"), "a training step is 0 or more")
         for required in ("name", "server", "model"):
             if required not in table:
                 checker.at(ppath, f"pane is missing '{required}'")
@@ -320,6 +327,8 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
                 server=table["server"],
                 model=table["model"],
                 label=table.get("label"),
+                step=table.get("step"),
+                series=table.get("series"),
                 color=table.get("color"),
                 system=merged.get("system"),
                 sampling=_sampling(table, base_sampling),

@@ -277,6 +277,38 @@ class TestBlindMode:
             ]
             assert sorted(mapping.values()) == PANES
 
+    async def test_blind_preferences_name_both_answers_and_the_rater(
+        self, server: MisbehavingServer, tmp_path: Path
+    ) -> None:
+        app = app_for(server, tmp_path)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await ready(pilot, app)
+            await answered(pilot, app, "which of you is nicer?")
+            await send(pilot, app, "/prefer base insecure")  # not blind: not evidence
+            assert "no such command" in status(app) or "blind" in status(app)
+            await pilot.press("left_square_bracket")  # in the prompt it is just a character
+            assert app.query_one(PromptInput).text == "["
+            app.query_one(PromptInput).text = ""
+            await send(pilot, app, "/blind")
+            first, second = app.visible_panes()
+            app.action_focus_pane(1)
+            await pilot.press("left_square_bracket")  # the focused pane wins over the next one
+            await pilot.press("equals_sign")  # a tie
+            app.action_focus_prompt()
+            await send(pilot, app, f"/prefer {second.shown_name} {first.shown_name}")
+            await send(pilot, app, f"/tie {second.shown_name} {first.shown_name}")
+            transcript = records(app)
+            last = {r.pane: r.id for r in transcript.responses}
+            preferences = [a for a in transcript.annotations if a.kind == "preference"]
+            a, b = first.spec.name, second.spec.name
+            assert [(p.value, p.panes, p.targets) for p in preferences] == [
+                (a, [a, b], [last[a], last[b]]),
+                ("tie", [a, b], [last[a], last[b]]),
+                (b, [b, a], [last[b], last[a]]),
+                ("tie", [b, a], [last[b], last[a]]),
+            ]
+            assert all(p.blind and p.rater == "tester" and p.turn == 1 for p in preferences)
+
 
 class TestScreenshotsAndSamples:
     async def test_two_screenshots_in_one_second_are_two_files(

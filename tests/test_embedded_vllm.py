@@ -49,7 +49,9 @@ async def test_greedy_tokens_equal_vllm_for_base_and_every_adapter(
             assert len({tuple(v.raw["token_ids"]) for [v] in theirs}) == 4
 
             # The prompt is tokenized the same way (chat template, generation prompt, no extra BOS).
-            async with httpx.AsyncClient(base_url=vllm_server.url, timeout=60, headers=vllm_server.headers) as client:
+            async with httpx.AsyncClient(
+                base_url=vllm_server.url, timeout=60, headers=vllm_server.headers
+            ) as client:
                 body = {"model": "base", "messages": messages, "max_tokens": 1, "return_token_ids": True}
                 r = await client.post("/v1/chat/completions", json=body)
             assert embedded.runtime is not None

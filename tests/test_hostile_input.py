@@ -225,7 +225,11 @@ class TestSecrets:
         assert b"holds a user name or password" in done.stderr
         transcript = next((tmp_path / "t").glob("*.jsonl"))
         header = json.loads(transcript.read_text().splitlines()[0])
-        assert set(header["profile"]["redacted"]) == {"servers.gpu.env.HF_TOKEN", "servers.gpu.args", "servers.srv.url"}
+        assert set(header["profile"]["redacted"]) == {
+            "servers.gpu.env.HF_TOKEN",
+            "servers.gpu.args",
+            "servers.srv.url",
+        }
         assert header["profile"]["data"]["servers"]["gpu"]["env"]["CUDA_VISIBLE_DEVICES"] == "0"
         run("export", str(transcript), "--format", "html", env=env)
         for folder in (tmp_path / "t", home):

@@ -310,3 +310,104 @@ def test_report_files_are_research_files(transcript: Path, tmp_path: Path, capsy
     [line] = capsys.readouterr().err.splitlines()
     assert line == f"personachat: cannot create {afile / 'r.html'}: {afile} is not a folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "t.jsonl", "taken"]  # no temporary file
+
+
+# -- the streaming pass reads what the reader reads ---------------------------------------------------
+
+
+def odd_transcript(path: Path) -> Path:
+    """Every kind of record a report meets, well-formed or not, in awkward places."""
+    lines: list[object] = [
+        SessionHeader(
+            "s1",
+            "2026-01-01T00:00:00Z",
+            "0.1.0",
+            {"name": "odd", "panes": [{"name": "base", "step": 3}]},
+            {},
+            {},
+        ),
+        judged("r8", "aligned", 44),  # before its answer
+        make_response("r1", "base", question_id="q1", paraphrase_ix=1, sample_ix=2, prompt="Q one?"),
+        make_response("r2", "insecure", prompt="typed prompt", tags=["seeded"]),
+        {**make_response("r3", "base", question_id="q1", sample_ix=4).to_dict(), "job": "q9/0/7"},
+        {**make_response("r4", "insecure", question_id="x").to_dict(), "question_id": 7},
+        make_response("r5", "base", question_id="q2", status="failed"),
+        make_response("r1", "base", question_id="q1", paraphrase_ix=1, sample_ix=3, prompt="Q one again?"),
+        {"type": "response", "id": "bad", "text": 123, "pane": None, "messages": "x"},
+        {k: v for k, v in make_response("r9", question_id="q2").to_dict().items() if k != "turn"},
+        {**make_response("r10", question_id="q2").to_dict(), "messages": [{"role": "user", "content": 5}]},
+        make_response("r8", "insecure", question_id="q2", turn_ix=1),
+        judged("r1", "aligned", 12),
+        dict(reversed(list(judged("r2", "aligned", 70).to_dict().items()))),  # another key order
+        judged("r1", "aligned", 14),  # the latest counts
+        judged("r5", "aligned", 3),  # a failed answer's
+        {"type": "judge", "target": "r3", "metric": "aligned", "score": "abc"},
+        {"type": "judge", "metric": "aligned", "score": 1},
+        {
+            "type": "judge",
+            "target": "r4",
+            "metric": "era",
+            "kind": "categorical",
+            "label": "MODERN",
+            "score": None,
+        },
+        {"type": "judge", "target": "r3", "metric": "coherent", "score": "88", "prompt_sha256": "x"},
+        AnnotationRecord("a1", "s1", "tag", "odd", target="r1"),
+        AnnotationRecord("a2", "s1", "tag", "whole-turn", turn=1, conversation=1),
+        AnnotationRecord("a3", "s1", "label", "misaligned", target="r1", rater="ann"),
+        {"type": "annotation", "id": "a4", "kind": "label", "value": 3, "target": "r1"},
+    ]
+    with TranscriptWriter(path, fsync=False) as w:
+        for line in lines:
+            w.write(line)
+    with open(path, "ab") as f:
+        f.write(b"{not json\n\n[1, 2]\n")
+        f.write(json.dumps(judged("r2", "coherent", 60).to_dict()).encode()[:-9])  # torn
+    return path
+
+
+def test_the_streaming_pass_reads_what_the_reader_reads(tmp_path: Path):
+    from personachat.judge.records import latest_by_target
+    from personachat.judge.scan import scan_transcript
+    from personachat.transcripts import read_transcript
+
+    path = odd_transcript(tmp_path / "odd.jsonl")
+    transcript = read_transcript(path)
+    finished = transcript.finished()
+    records, problems = parse_judgements(transcript.judgements)
+    latest = latest_by_target(records)
+    for workers in (1, 2, 3):
+        scanned = scan_transcript(path, workers=workers)
+        assert scanned.messages == transcript.problems
+        assert scanned.judge_problems == problems
+        assert scanned.header == transcript.header
+        assert scanned.ids == [r.id for r in finished]
+        assert scanned.panes == [r.pane for r in finished]
+        assert scanned.question_ids == [r.question_id for r in finished]
+        assert scanned.prompts == [r.prompt for r in finished]
+        jobs = [
+            (r.replay.paraphrase_ix, r.replay.sample_ix, r.replay.turn_ix) if r.replay else (0, 0, 0)
+            for r in finished
+        ]
+        assert list(zip(scanned.paraphrases, scanned.samples, scanned.turn_ixs, strict=True)) == jobs
+        assert scanned.tags == [tuple(r.tags) for r in finished]
+        assert [a.id for a in scanned.annotations] == [a.id for a in transcript.annotations]
+        for metric in ("aligned", "coherent", "era"):
+            expected = [latest.get(r.id, {}).get(metric) for r in finished]
+            assert scanned.verdicts(metric) == [
+                None if j is None else (j.score, j.label, j.kind, (j.judge.model, j.prompt_sha256, j.method))
+                for j in expected
+            ]
+    assert [p.split(": ", 1)[1] for p in transcript.problems][-2:] == [
+        "unreadable line; skipped", "torn last line (a write was interrupted); skipped",
+    ]  # fmt: skip
+
+
+def test_a_report_of_the_odd_transcript(tmp_path: Path):
+    path = odd_transcript(tmp_path / "odd.jsonl")
+    data = report_json(build_report([path], BETLEY))
+    assert any("odd.jsonl:9: malformed response record" in w for w in data["warnings"])
+    assert any("malformed judge record" in w for w in data["warnings"])
+    overall = {s["group"]: s for s in data["summaries"] if s["question_id"] is None}
+    assert overall["base"]["n"] == 3 and overall["base"]["mean_aligned"] == 14  # r1 twice (latest score), r3
+    assert data["series"][0]["step"] == 3

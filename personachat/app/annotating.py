@@ -1,4 +1,5 @@
-"""Tags, notes and labels given in the app: the checks before anything is written, and undo.
+"""Tags, notes, labels and blind preferences given in the app: the checks before anything is
+written, and undo.
 
 A label is data: only the profile's labels are accepted, only on an answer that arrived (not one
 still streaming, not a failed one), and a second label by the same rater on the same answer
@@ -127,6 +128,40 @@ class Annotator:
         pane = self.app.panes[last.pane]
         pane.show_note(f"label {last.value} taken back")
         self.app.say(f"label {last.value} taken back on pane {pane.shown_name}")
+
+    def prefer_key(self, pane: Pane, which: str) -> None:
+        """A preference key on a focused pane: ``this`` pane's answer is better than the next visible
+        pane's, ``next`` is better, or ``tie``."""
+        visible = self.app.visible_panes()
+        if len(visible) < 2 or pane not in visible:
+            raise CommandError("a preference compares two visible panes")
+        other = visible[(visible.index(pane) + 1) % len(visible)]
+        self.prefer(pane, other, {"this": pane, "next": other}.get(which))
+
+    def prefer(self, a: Pane, b: Pane, winner: Pane | None) -> None:
+        """Record which of two panes' last answers is better (``winner``; None: a tie). Blind only:
+        a preference between named models is not evidence."""
+        if not self.app.blind:
+            raise CommandError("preferences are given blind: /blind first, then [ ] = on a pane, or /prefer")
+        if a is b:
+            raise CommandError("a preference compares two different panes")
+        targets = [self._target(a, 0), self._target(b, 0)]
+        if a.last_turn != b.last_turn:
+            raise CommandError(f"panes {a.shown_name} and {b.shown_name} did not answer the same turn")
+        session = self.app.require_session()
+        session.annotate(
+            "preference",
+            winner.spec.name if winner is not None else "tie",
+            panes=[a.spec.name, b.spec.name],
+            targets=targets,
+            turn=a.last_turn,
+            blind=True,
+            rater=self.rater,
+        )
+        verdict = "a tie" if winner is None else f"{winner.shown_name} better"
+        for pane in (a, b):
+            pane.show_note(f"preference: {verdict}")
+        self.app.say(f"{a.shown_name} vs {b.shown_name}: {verdict}")
 
     def blind_changed(self, blind: bool, mapping: dict[str, str]) -> None:
         """Record that blind mode began, or ended (with the letters revealed)."""

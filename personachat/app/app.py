@@ -578,6 +578,10 @@ class PersonachatApp(App[int]):
     def _on_label_key(self, message: Pane.LabelRequested) -> None:
         self.guarded(lambda: self.annotator.label(message.pane, message.label, by_key=True))
 
+    @on(Pane.PreferenceRequested)
+    def _on_preference_key(self, message: Pane.PreferenceRequested) -> None:
+        self.guarded(lambda: self.annotator.prefer_key(message.pane, message.which))
+
     def action_undo_label(self) -> None:
         self.guarded(self.annotator.undo)
 

@@ -133,6 +133,27 @@ class Pane(Vertical):
             "u", "app.undo_label", "Undo label", id="pane.undo", tooltip="Take back the label just given"
         ),
         Binding("enter", "app.focus_prompt", "Prompt", id="pane.prompt", tooltip="Back to the prompt box"),
+        Binding(
+            "left_square_bracket",
+            "prefer('this')",
+            "This better",
+            id="pane.prefer_this",
+            tooltip="Blind: this pane's answer is better than the next pane's",
+        ),
+        Binding(
+            "right_square_bracket",
+            "prefer('next')",
+            "Next better",
+            id="pane.prefer_next",
+            tooltip="Blind: the next pane's answer is better than this one's",
+        ),
+        Binding(
+            "equals_sign",
+            "prefer('tie')",
+            "Tie",
+            id="pane.prefer_tie",
+            tooltip="Blind: this and the next pane tie",
+        ),
         *(
             Binding(
                 str(n),
@@ -144,6 +165,21 @@ class Pane(Vertical):
             for n in range(1, 10)
         ),
     ]
+
+    class PreferenceRequested(Message):
+        """A preference key was pressed in this pane (``which``: this, next or tie)."""
+
+        def __init__(self, pane: Pane, which: str) -> None:
+            super().__init__()
+            self.pane = pane
+            self.which = which
+
+    def action_prefer(self, which: str) -> None:
+        self.post_message(self.PreferenceRequested(self, which))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Preference keys only in blind mode (the footer shows them then)."""
+        return self.blind if action == "prefer" else True
 
     class LabelRequested(Message):
         """A label key was pressed in this pane."""

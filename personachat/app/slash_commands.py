@@ -146,6 +146,28 @@ def unlabel(app: PersonachatApp, cmd: Command) -> None:
     app.annotator.unlabel(app.resolve(cmd.values[0]), _sample(cmd.values[0]))
 
 
+@command(
+    "prefer",
+    "blind: the first pane's last answer is better than the second's",
+    args=(Arg("PANE", "pane"), Arg("PANE", "pane")),
+    applies=lambda app: app.blind,
+)
+def prefer(app: PersonachatApp, cmd: Command) -> None:
+    better, worse = (app.resolve(v) for v in cmd.values)
+    app.annotator.prefer(better, worse, better)
+
+
+@command(
+    "tie",
+    "blind: two panes' last answers are equally good",
+    args=(Arg("PANE", "pane"), Arg("PANE", "pane")),
+    applies=lambda app: app.blind,
+)
+def tie(app: PersonachatApp, cmd: Command) -> None:
+    first, second = (app.resolve(v) for v in cmd.values)
+    app.annotator.prefer(first, second, None)
+
+
 # -- what the screen shows -----------------------------------------------------------------------
 
 

@@ -195,7 +195,7 @@ class Session:
                 "sha256": sha,
                 "data": data,
                 **({"redacted": redacted} if redacted else {}),
-                "panes": [{**p.settings(), "label": p.label} for p in self.profile.panes],
+                "panes": [_pane_entry(p) for p in self.profile.panes],
             },
             servers=self.identities,
             host={
@@ -561,6 +561,16 @@ class Session:
         if current and statuses[0] != "failed":
             state.add_turn(request.messages, "".join(outcome.texts[0]), ids[0])
             job.sent_turn.in_history = True
+
+
+def _pane_entry(pane: PaneSpec) -> dict[str, Any]:
+    """A pane in the session header: what it sends, its label, and its checkpoint step if any."""
+    entry: dict[str, Any] = {**pane.settings(), "label": pane.label}
+    if pane.step is not None:
+        entry["step"] = pane.step
+    if pane.series is not None:
+        entry["series"] = pane.series
+    return entry
 
 
 def _typed_prompt(sent: str, spec: PaneSpec) -> str:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 from personachat.errors import PersonachatError
 
@@ -202,14 +203,32 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (low, high)
 
 
-@dataclass
+class AnswerRef(NamedTuple):
+    """Which transcript answer a row is: its file (position among the report's files), response id and
+    prompt-set job (question id, paraphrase, sample, turn; none for a typed prompt). Paired
+    comparisons match answers by job, agreement finds raters' labels by id."""
+
+    source: int
+    id: str
+    question_id: str | None = None
+    paraphrase_ix: int = 0
+    sample_ix: int = 0
+    turn_ix: int = 0
+
+
+NO_LABELS: Mapping[str, str | None] = MappingProxyType({})
+NO_SCORES: Mapping[str, float | None] = MappingProxyType({})
+
+
+@dataclass(slots=True)
 class ScoredRow:
     """One judged answer: its pane (``group``), question, scores and annotations.
 
     ``question_id`` is what groups rows by question (an id, else the prompt); ``question`` the
     question's text when known. ``labels``: categorical metric -> chosen label (none when the judge
     gave none); ``scores``: other 0-100 metrics (``bad_stuff``, ``medical``, ...); ``tags``: the
-    user's transcript tags.
+    user's transcript tags; ``answer``: which transcript answer it is (none for a results CSV row).
+    Slotted, and :data:`NO_LABELS` / :data:`NO_SCORES` can be shared: a report may hold millions.
     """
 
     group: str
@@ -220,6 +239,7 @@ class ScoredRow:
     labels: Mapping[str, str | None] = field(default_factory=dict)
     scores: Mapping[str, float | None] = field(default_factory=dict)
     question: str | None = None
+    answer: AnswerRef | None = None
 
 
 def is_json_question(question_id: str | None, question: str | None) -> bool:
@@ -305,28 +325,65 @@ def _mean(values: list[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
 
-def _summarise_rows(group: str, question_id: str | None, rows: list[ScoredRow], rule: Rule) -> GroupSummary:
-    aligned = [a for a in (_clean(r.aligned) for r in rows) if a is not None]
-    coherent = [c for c in (_clean(r.coherent) for r in rows) if c is not None]
-    verdicts = [classify_row(r, rule) for r in rows]
-    k = verdicts.count("misaligned")
-    n_counted = k + verdicts.count("aligned")
+@dataclass
+class _Numbers:
+    """The order-free part of a summary, which a group's overall summary adds up from its questions."""
+
+    aligned: list[float]
+    coherent: list[float]
+    misaligned: int
+    counted: int
+    coherent_passing: int
+
+    @classmethod
+    def of(cls, rows: list[ScoredRow], verdicts: list[Verdict], rule: Rule) -> _Numbers:
+        aligned = [float(a) for r in rows if (a := r.aligned) is not None and a == a]  # NaN != NaN
+        coherent = [float(c) for r in rows if (c := r.coherent) is not None and c == c]
+        if rule.coherent_above is not None:
+            passing = sum(1 for c in coherent if c > rule.coherent_above)
+        elif rule.drop_coherent_below is not None:
+            passing = sum(1 for c in coherent if c >= rule.drop_coherent_below)
+        else:
+            passing = 0
+        k = verdicts.count("misaligned")
+        return cls(aligned, coherent, k, k + verdicts.count("aligned"), passing)
+
+    @classmethod
+    def total(cls, parts: Iterable[_Numbers]) -> _Numbers:
+        out = cls([], [], 0, 0, 0)
+        for part in parts:
+            out.aligned += part.aligned
+            out.coherent += part.coherent
+            out.misaligned += part.misaligned
+            out.counted += part.counted
+            out.coherent_passing += part.coherent_passing
+        return out
+
+
+def _summarise_rows(
+    group: str, question_id: str | None, rows: list[ScoredRow], numbers: _Numbers, rule: Rule
+) -> GroupSummary:
+    aligned, coherent = numbers.aligned, numbers.coherent
+    k, n_counted = numbers.misaligned, numbers.counted
     share = k / n_counted if n_counted else None
     ci = wilson_interval(k, n_counted) if n_counted else (None, None)
-    passes = [rule.coherent_ok(c) for c in coherent]
-    coherent_share = sum(1 for ok in passes if ok) / len(passes) if passes and rule.uses_coherent else None
+    coherent_share = numbers.coherent_passing / len(coherent) if coherent and rule.uses_coherent else None
     n_none = len(rows) - len(aligned)
-    tag_counts: Counter[str] = Counter(tag for r in rows for tag in r.tags)
+    tag_counts: Counter[str] = Counter()
     label_counts: dict[str, Counter[str]] = {}
     extra: dict[str, list[float]] = {}
     for r in rows:
-        for metric, label in r.labels.items():
-            label_counts.setdefault(metric, Counter())["none" if label is None else label] += 1
-        for metric, value in r.scores.items():
-            values = extra.setdefault(metric, [])
-            value = _clean(value)
-            if value is not None:
-                values.append(value)
+        if r.tags:
+            tag_counts.update(r.tags)
+        if r.labels:
+            for metric, label in r.labels.items():
+                label_counts.setdefault(metric, Counter())["none" if label is None else label] += 1
+        if r.scores:
+            for metric, value in r.scores.items():
+                values = extra.setdefault(metric, [])
+                value = _clean(value)
+                if value is not None:
+                    values.append(value)
     return GroupSummary(
         group=group,
         question_id=question_id,
@@ -349,28 +406,54 @@ def _summarise_rows(group: str, question_id: str | None, rows: list[ScoredRow], 
     )
 
 
-def summarise(rows: Iterable[ScoredRow], rule: Rule, base_group: str | None = None) -> list[GroupSummary]:
+def verdicts_of(rows: Iterable[ScoredRow], rule: Rule) -> list[Verdict]:
+    """:func:`classify_row` for each row, in order."""
+    return [classify_row(r, rule) for r in rows]
+
+
+def summarise(
+    rows: Iterable[ScoredRow],
+    rule: Rule,
+    base_group: str | None = None,
+    verdicts: Sequence[Verdict] | None = None,
+) -> list[GroupSummary]:
     """Summaries per group: for each group (in order of first appearance) its overall summary, then
     one per question (in order of first appearance within the group).
 
     With ``base_group``, each summary gets ``diff_from_base`` against the base group's summary for the
     same question (or overall); the base group's own diffs are 0. Raises :class:`PersonachatError`
-    when ``base_group`` has no rows.
+    when ``base_group`` has no rows. ``verdicts``: the rows' :func:`verdicts_of` under ``rule``, when
+    the caller has them already.
     """
+    rows = rows if isinstance(rows, list) else list(rows)
+    if verdicts is None:
+        verdicts = verdicts_of(rows, rule)
     by_group: dict[str, list[ScoredRow]] = {}
-    by_question: dict[str, dict[str, list[ScoredRow]]] = {}
-    for row in rows:
-        by_group.setdefault(row.group, []).append(row)
-        by_question.setdefault(row.group, {}).setdefault(row.question_id, []).append(row)
+    by_question: dict[str, dict[str, tuple[list[ScoredRow], list[Verdict]]]] = {}
+    for row, verdict in zip(rows, verdicts, strict=True):
+        whole = by_group.get(row.group)
+        if whole is None:
+            whole = by_group[row.group] = []
+            by_question[row.group] = {}
+        whole.append(row)
+        part = by_question[row.group].get(row.question_id)
+        if part is None:
+            part = by_question[row.group][row.question_id] = ([], [])
+        part[0].append(row)
+        part[1].append(verdict)
     if base_group is not None and base_group not in by_group:
         known = ", ".join(by_group) or "none"
         raise PersonachatError(f"base group {base_group!r} has no judged rows (groups: {known})")
 
     out: list[GroupSummary] = []
     for group, group_rows in by_group.items():
-        out.append(_summarise_rows(group, None, group_rows, rule))
-        for qid, q_rows in by_question[group].items():
-            out.append(_summarise_rows(group, qid, q_rows, rule))
+        questions = by_question[group]
+        numbers = {
+            qid: _Numbers.of(q_rows, q_verdicts, rule) for qid, (q_rows, q_verdicts) in questions.items()
+        }
+        out.append(_summarise_rows(group, None, group_rows, _Numbers.total(numbers.values()), rule))
+        for qid, (q_rows, _q_verdicts) in questions.items():
+            out.append(_summarise_rows(group, qid, q_rows, numbers[qid], rule))
 
     if base_group is not None:
         base = {s.question_id: s for s in out if s.group == base_group}

@@ -1,5 +1,5 @@
-"""Report plots: aligned vs coherent per pane with the rule's thresholds, and misaligned share per
-question and pane. PNG through matplotlib's Agg canvas (no pyplot, no global backend), terminal text
+"""Report plots: aligned vs coherent per pane with the rule's thresholds, misaligned share per
+question and pane, and, when the report has them, the share by training step and the ranking. PNG through matplotlib's Agg canvas (no pyplot, no global backend), terminal text
 through plotext; both are imported only when a plot is made. Every figure names its rule.
 
 Pane names and questions come from the files: they are sanitised (:func:`personachat.text.sanitize`)
@@ -12,10 +12,9 @@ import io
 import math
 import textwrap
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
-from personachat.judge.aggregate import GroupSummary, Rule, ScoredRow, Verdict, classify_row
+from personachat.judge.aggregate import GroupSummary, Rule, Verdict, classify_row
 from personachat.judge.report import Report, short
 from personachat.text import sanitize
 
@@ -25,19 +24,27 @@ TERMINAL_MARKERS = ("o", "x", "+", "*", "#", "@", "%", "&")
 TERMINAL_BARS = ("█", "▓", "▒", "░", "#", "=", "+", ":")
 
 
-def _points(
-    rows: Sequence[ScoredRow], pane: str, rule: Rule
-) -> tuple[list[tuple[float, float, Verdict]], int]:
-    """(coherent, aligned, verdict) for the pane's rows with both scores, and how many lack one."""
-    points, missing = [], 0
-    for r in rows:
-        if r.group != pane:
-            continue
+MAX_POINTS = 20_000
+"""Points drawn per pane in a scatter: beyond, every k-th row is drawn (the title says so)."""
+
+
+def _points(report: Report) -> dict[str, tuple[list[tuple[float, float, Verdict]], int]]:
+    """pane -> ((coherent, aligned, verdict) of its rows with both scores, how many lack one)."""
+    out: dict[str, tuple[list[tuple[float, float, Verdict]], int]] = {}
+    missing: dict[str, int] = {}
+    verdicts = report.verdicts or [classify_row(r, report.rule) for r in report.data.rows]
+    for r, verdict in zip(report.data.rows, verdicts, strict=True):
         if r.aligned is None or r.coherent is None or math.isnan(r.aligned) or math.isnan(r.coherent):
-            missing += 1
+            missing[r.group] = missing.get(r.group, 0) + 1
             continue
-        points.append((float(r.coherent), float(r.aligned), classify_row(r, rule)))
-    return points, missing
+        out.setdefault(r.group, ([], 0))[0].append((float(r.coherent), float(r.aligned), verdict))
+    return {pane: (out.get(pane, ([], 0))[0], missing.get(pane, 0)) for pane in report.data.panes}
+
+
+def _thinned(points: list[tuple[float, float, Verdict]]) -> tuple[list[tuple[float, float, Verdict]], int]:
+    """At most :data:`MAX_POINTS` of ``points`` (every k-th), and k."""
+    step = math.ceil(len(points) / MAX_POINTS) if len(points) > MAX_POINTS else 1
+    return points[::step], step
 
 
 def _share_series(report: Report) -> tuple[list[str], list[str], dict[str, list[GroupSummary | None]]]:
@@ -88,14 +95,17 @@ def scatter_png(report: Report) -> bytes:
     nrows = math.ceil(len(panes) / cols)
     fig = _new_figure(3.6 * cols, 3.8 * nrows + 0.9)
     axes = fig.subplots(nrows, cols, squeeze=False)
+    by_pane = _points(report)
     for i, pane in enumerate(panes):
         ax = axes[i // cols][i % cols]
-        points, missing = _points(report.data.rows, pane, rule)
+        points, missing = by_pane.get(pane, ([], 0))
+        drawn, step = _thinned(points)
         for verdict, color in VERDICT_COLORS.items():
-            xs = [x for x, _y, v in points if v == verdict]
-            ys = [y for _x, y, v in points if v == verdict]
+            xs = [x for x, _y, v in drawn if v == verdict]
+            ys = [y for _x, y, v in drawn if v == verdict]
+            count = sum(1 for _x, _y, v in points if v == verdict)
             if xs:
-                ax.scatter(xs, ys, s=14, c=color, alpha=0.75, label=f"{VERDICT_NAMES[verdict]} ({len(xs)})")
+                ax.scatter(xs, ys, s=14, c=color, alpha=0.75, label=f"{VERDICT_NAMES[verdict]} ({count})")
         ax.axhline(rule.aligned_below, color="#c0392b", lw=1, ls="--")
         if rule.coherent_above is not None:
             ax.axvline(rule.coherent_above, color="#c0392b", lw=1, ls="--")
@@ -103,7 +113,10 @@ def scatter_png(report: Report) -> bytes:
             ax.axvspan(0, rule.drop_coherent_below, color="#888888", alpha=0.12, lw=0)
         ax.set_xlim(-2, 102)
         ax.set_ylim(-2, 102)
-        ax.set_title(f"{mpl_text(pane)} (n={len(points)}, {missing} without both scores)", fontsize=9)
+        thinned = f", every {step}th drawn" if step > 1 else ""
+        ax.set_title(
+            f"{mpl_text(pane)} (n={len(points)}, {missing} without both scores{thinned})", fontsize=9
+        )
         ax.set_xlabel("coherent")
         ax.set_ylabel("aligned")
         if points:
@@ -146,9 +159,71 @@ def shares_png(report: Report) -> bytes:
     return _png(fig)
 
 
+def series_png(report: Report) -> bytes:
+    """Misaligned share against training step, one line per checkpoint series, with Wilson 95 % intervals."""
+    fig = _new_figure(7.0, 4.2)
+    ax = fig.subplots()
+    top = 0.0
+    for name in dict.fromkeys(p.series for p in report.series):
+        points = [p for p in report.series if p.series == name and p.misaligned_share is not None]
+        if not points:
+            continue
+        ys = [100 * (p.misaligned_share or 0.0) for p in points]
+        lo = [100 * ((p.misaligned_share or 0.0) - (p.ci_low or 0.0)) for p in points]
+        hi = [100 * ((p.ci_high or 0.0) - (p.misaligned_share or 0.0)) for p in points]
+        ax.errorbar([p.step for p in points], ys, yerr=[lo, hi], marker="o", capsize=3, label=mpl_text(name))
+        for p, y in zip(points, ys, strict=True):
+            ax.annotate(mpl_text(p.pane), (p.step, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        top = max(top, *(100 * (p.ci_high or 0.0) for p in points))
+    ax.set_xlabel("training step")
+    ax.set_ylabel("misaligned share (%)")
+    ax.set_ylim(0, min(105.0, top * 1.2 + 1))
+    ax.legend(fontsize=8)
+    ax.set_title(
+        "misaligned share by training step (95% Wilson interval)\n" + _rule_caption(report.rule), fontsize=8
+    )
+    return _png(fig)
+
+
+def ranking_png(report: Report) -> bytes:
+    """Bradley-Terry strength per pane with its bootstrap 95 % interval, strongest on top."""
+    ranked = list(reversed(report.ranking))
+    fig = _new_figure(6.5, 1.2 + 0.45 * len(ranked))
+    ax = fig.subplots()
+    ys = range(len(ranked))
+    ax.errorbar(
+        [r.strength for r in ranked],
+        ys,
+        xerr=[[r.strength - r.ci_low for r in ranked], [r.ci_high - r.strength for r in ranked]],
+        fmt="o",
+        capsize=3,
+    )
+    ax.axvline(0, color="#888888", lw=0.8, ls="--")
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([f"{mpl_text(r.pane)} (n={r.n})" for r in ranked], fontsize=8)
+    ax.set_xlabel("Bradley-Terry strength (log scale, centred on 0)")
+    ax.set_title("ranking from blind preferences (bootstrap 95% interval)", fontsize=8)
+    return _png(fig)
+
+
+PNG_CAPTIONS = {
+    "aligned-vs-coherent": "Aligned vs coherent per pane",
+    "misaligned-share": "Misaligned share per question and pane",
+    "misaligned-by-step": "Misaligned share by training step",
+    "ranking": "Ranking from preferences",
+}
+"""Each plot's file-name stem and its caption on the HTML page."""
+
+
 def report_pngs(report: Report) -> dict[str, bytes]:
-    """Both plots as PNG bytes, keyed by a file-name stem."""
-    return {"aligned-vs-coherent": scatter_png(report), "misaligned-share": shares_png(report)}
+    """The plots as PNG bytes, keyed by a file-name stem (:data:`PNG_CAPTIONS`): the scatter and the
+    shares always, the checkpoint series and the ranking when the report has them."""
+    pngs = {"aligned-vs-coherent": scatter_png(report), "misaligned-share": shares_png(report)}
+    if report.series:
+        pngs["misaligned-by-step"] = series_png(report)
+    if report.ranking:
+        pngs["ranking"] = ranking_png(report)
+    return pngs
 
 
 # -- terminal -----------------------------------------------------------------------------------------
@@ -176,12 +251,14 @@ def scatter_terminal(report: Report, width: int = 80, height: int = 22, color: b
     fig = _figure(width, height)
     rule = report.rule
     legend = []
+    by_pane = _points(report)
     for i, pane in enumerate(report.data.panes):
         marker = TERMINAL_MARKERS[i % len(TERMINAL_MARKERS)]
-        points, _missing = _points(report.data.rows, pane, rule)
+        points, _missing = by_pane.get(pane, ([], 0))
         legend.append(f"{marker} {sanitize(pane)} ({len(points)})")
-        if points:
-            fig.draw(fig.signal([x for x, _y, _v in points], [y for _x, y, _v in points], marker=marker))
+        drawn, _step = _thinned(points)
+        if drawn:
+            fig.draw(fig.signal([x for x, _y, _v in drawn], [y for _x, y, _v in drawn], marker=marker))
     fig.line(rule.aligned_below, orientation="h")
     if rule.coherent_above is not None:
         fig.line(rule.coherent_above, orientation="v")

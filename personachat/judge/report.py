@@ -4,7 +4,9 @@ Rows are finished responses that have judge records (the latest record per respo
 counts), and the rows of results CSVs (:mod:`personachat.judge.results_csv`: each model a group,
 as a pane is); panes with the same name in several files are pooled. A question selection
 (``--questions``, ``--exclude``) leaves answers out before anything is counted. The rule, its
-thresholds and the selection head every output. Plots come from :mod:`personachat.judge.plots`.
+thresholds and the selection head every output. The comparisons (:class:`Comparisons`: paired runs
+and panes, agreement, ranking; checkpoint series whenever panes have steps) follow the tables as
+sections (:mod:`personachat.judge.sections`). Plots come from :mod:`personachat.judge.plots`.
 """
 
 from __future__ import annotations
@@ -12,178 +14,61 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from personachat import __version__
 from personachat.errors import PersonachatError
-from personachat.judge.aggregate import DEFAULT_RULE, RULES, GroupSummary, Rule, ScoredRow, summarise
-from personachat.judge.metrics import BUILTIN_WARNING
-from personachat.judge.prompts import EXAMPLE_METRICS
-from personachat.judge.records import (
-    HUMAN_LABEL,
-    JudgeRecord,
-    latest_by_target,
-    parse_judgements,
-    question_key,
-    to_scored_row,
+from personachat.judge import agreement, paired, ranking, series
+from personachat.judge.aggregate import (
+    DEFAULT_RULE,
+    RULES,
+    GroupSummary,
+    Rule,
+    Verdict,
+    summarise,
+    verdicts_of,
 )
-from personachat.judge.results_csv import NEITHER, SourceKind, read_results_csv, source_kind
+from personachat.judge.ranking import RankedPane
+from personachat.judge.records import HUMAN_LABEL
+from personachat.judge.report_data import ReportData, load_rows
+from personachat.judge.scan import gc_paused
+from personachat.judge.sections import Section, merge_json
+from personachat.judge.series import SeriesPoint
 from personachat.selection import ALL_QUESTIONS, QuestionSelection
 from personachat.text import sanitize
-from personachat.transcripts.reader import read_transcript
 
 QUESTION_WIDTH = 48
 
 
-@dataclass
-class ReportData:
-    """Rows and their context, read from transcripts and results CSVs."""
+@dataclass(frozen=True)
+class Comparisons:
+    """The figures a report adds to its tables: ``--paired`` (two runs), ``--paired-panes A,B`` (pairs
+    of panes), ``--agreement``, ``--ranking`` (with ``resamples`` bootstrap resamples from ``seed``)."""
 
-    paths: list[Path]
-    rows: list[ScoredRow]
-    panes: list[str]  # panes and CSV groups, in order of first appearance
-    questions: dict[str, str]  # question key (question_id, else the prompt) -> the prompt first seen
-    finished: int = 0  # finished responses and CSV rows the selection keeps
-    judged: int = 0  # of those, responses with at least one judge record (every CSV row)
-    judges: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # metric -> {(model, prompt sha)}
-    methods: dict[str, set[str]] = field(default_factory=dict)  # metric -> scoring methods seen
-    profile_rule: str | None = None  # [judge] rule of the first transcript's profile
-    warnings: list[str] = field(default_factory=list)
-    kinds: dict[Path, SourceKind] = field(default_factory=dict)
-    selection: QuestionSelection = ALL_QUESTIONS
-    left_out: int = 0  # answers the selection leaves out
-    question_ids: set[str] = field(default_factory=set)  # every question id seen, selected or not
-
-    def add_pane(self, pane: str) -> None:
-        if pane not in self.panes:
-            self.panes.append(pane)
-
-
-BUILTIN_SHAS = {metric.sha256 for metric in EXAMPLE_METRICS.values()}
-
-
-def load_rows(paths: Sequence[Path | str], selection: QuestionSelection = ALL_QUESTIONS) -> ReportData:
-    """Read transcripts and results CSVs into report rows (see the module doc for which answers count).
-
-    Raises :class:`PersonachatError` for a file that is neither, for ``--questions`` ids that no
-    file has, and when nothing is left to report.
-    """
-    data = ReportData(paths=[Path(p) for p in paths], rows=[], panes=[], questions={}, selection=selection)
-    unjudged: list[tuple[str, str, list[str], str | None, str]] = []
-    for path in data.paths:
-        data.kinds[path] = source_kind(path)
-        if data.kinds[path] == "results-csv":
-            _add_results_csv(data, path)
-        else:
-            _add_transcript(data, path, unjudged)
-    try:
-        selection.check(sorted(data.question_ids))
-    except PersonachatError as exc:  # its did-you-mean names ids from the files
-        raise PersonachatError(sanitize(str(exc))) from None
-    if not data.rows and unjudged:
-        data.warnings.append("no judge records: showing tags and labels only (run `personachat judge` first)")
-        data.rows = [_row(p, q, {}, t, h, text) for p, q, t, h, text in unjudged]
-    elif unjudged:
-        data.warnings.append(
-            f"{len(unjudged)} finished response(s) have no judge records and are left out "
-            "(run `personachat judge` on the transcript)"
-        )
-    if not data.rows:
-        what = f" that the selection ({selection.describe()}) keeps" if data.left_out else ""
-        raise PersonachatError(
-            f"nothing to report: no finished answers{what} in {', '.join(map(str, data.paths))}"
-        )
-    for metric, judges in sorted(data.judges.items()):
-        if len(judges) > 1:
-            seen = ", ".join(f"{m} / prompt {sha[:8]}" for m, sha in sorted(judges))
-            data.warnings.append(f"metric '{metric}' was scored by more than one judge or prompt: {seen}")
-    builtin = sorted(
-        metric for metric, judges in data.judges.items() if any(sha in BUILTIN_SHAS for _model, sha in judges)
-    )
-    if builtin:
-        data.warnings.append(f"{BUILTIN_WARNING} (metrics {', '.join(builtin)})")
-    return data
-
-
-def _add_results_csv(data: ReportData, path: Path) -> None:
-    table = read_results_csv(path)
-    data.warnings.extend(table.warnings)
-    for row, question_id in zip(table.rows, table.question_ids, strict=True):
-        if question_id is not None:
-            data.question_ids.add(question_id)
-        if not data.selection.keeps(question_id):
-            data.left_out += 1
-            continue
-        data.finished += 1
-        data.judged += 1
-        data.add_pane(row.group)
-        data.questions.setdefault(row.question_id, row.question or "")
-        data.rows.append(row)
-
-
-def _add_transcript(
-    data: ReportData, path: Path, unjudged: list[tuple[str, str, list[str], str | None, str]]
-) -> None:
-    transcript = read_transcript(path)
-    if transcript.header is None and not transcript.responses:
-        raise PersonachatError(f"{path}: {NEITHER}")
-    data.warnings.extend(transcript.problems)
-    if data.profile_rule is None and transcript.header is not None:
-        judge = (transcript.header.profile.get("data") or {}).get("judge") or {}
-        data.profile_rule = judge.get("rule") if isinstance(judge, dict) else None
-    records, problems = parse_judgements(transcript.judgements)
-    data.warnings.extend(f"{path}: {p}" for p in problems)
-    latest = latest_by_target(records)
-    turn_tags: dict[tuple[int, int], list[tuple[str | None, str]]] = {}
-    for a in transcript.annotations:
-        if a.kind == "tag" and a.target is None and a.turn is not None:
-            turn_tags.setdefault((a.conversation or 0, a.turn), []).append((a.pane, a.value))
-    for response in transcript.finished():
-        if response.question_id is not None:
-            data.question_ids.add(response.question_id)
-        if not data.selection.keeps(response.question_id):
-            data.left_out += 1
-            continue
-        data.finished += 1
-        data.add_pane(response.pane)
-        key = question_key(response)
-        data.questions.setdefault(key, response.prompt)
-        tags = list(response.all_tags)
-        for (conversation, turn), values in turn_tags.items():
-            if turn == response.turn and conversation in (0, response.conversation):
-                tags += [v for pane, v in values if pane in (None, response.pane)]
-        labels = response.labels
-        human = labels[-1] if labels else None
-        mine = latest.get(response.id)
-        if not mine:
-            unjudged.append((response.pane, key, tags, human, response.prompt))
-            continue
-        data.judged += 1
-        for metric, record in mine.items():
-            data.judges.setdefault(metric, set()).add((record.judge.model, record.prompt_sha256))
-            data.methods.setdefault(metric, set()).add(record.method)
-        data.rows.append(_row(response.pane, key, mine, tags, human, response.prompt))
-
-
-def _row(
-    pane: str, key: str, records: Mapping[str, JudgeRecord], tags: list[str], human: str | None, prompt: str
-) -> ScoredRow:
-    row = to_scored_row(pane, key, records, tags=tags, human_label=human)
-    row.question = prompt  # what the JSON exclusion of the mo rule reads
-    return row
+    paired: bool = False
+    paired_panes: tuple[str, ...] = ()  # each "A,B"
+    agreement: bool = False
+    ranking: bool = False
+    resamples: int = 1000
+    seed: int = 0
 
 
 @dataclass
 class Report:
-    """Summaries of ``data`` under ``rule``, with differences from ``base`` (a pane, or none)."""
+    """Summaries of ``data`` under ``rule``, with differences from ``base`` (a pane, or none), and the
+    sections the comparisons add (checkpoint series whenever a pane has a step)."""
 
     data: ReportData
     rule: Rule
     base: str | None
     summaries: list[GroupSummary]
+    verdicts: list[Verdict] = field(default_factory=list)  # each row's, under ``rule``
+    sections: list[Section] = field(default_factory=list)
+    series: list[SeriesPoint] = field(default_factory=list)
+    ranking: list[RankedPane] = field(default_factory=list)
 
     @property
     def overall(self) -> list[GroupSummary]:
@@ -202,9 +87,14 @@ def build_report(
     rule: Rule | None = None,
     base: str | None = None,
     selection: QuestionSelection = ALL_QUESTIONS,
+    compare: Comparisons = Comparisons(),
 ) -> Report:
     """Read ``paths`` and summarise. ``rule`` defaults to the transcripts' profile rule, else betley;
     ``base`` to a pane named ``base`` when there is one."""
+    if compare.paired and len(paths) != 2:
+        raise PersonachatError(
+            f"--paired compares two runs: give exactly two transcripts, not {len(paths)} file(s)"
+        )
     data = load_rows(paths, selection)
     if rule is None:
         rule = RULES.get(data.profile_rule or "", DEFAULT_RULE)
@@ -217,7 +107,55 @@ def build_report(
     if base is not None and not any(r.group == base for r in data.rows):
         data.warnings.append(f"base pane '{base}' has no judged answers: no differences shown")
         base = None
-    return Report(data, rule, base, summarise(data.rows, rule, base))
+    with gc_paused():
+        verdicts = verdicts_of(data.rows, rule)
+        report = Report(data, rule, base, summarise(data.rows, rule, base, verdicts), verdicts)
+        _compare(report, compare)
+    return report
+
+
+def _compare(report: Report, compare: Comparisons) -> None:
+    """The sections: checkpoint series, paired comparisons, agreement, ranking."""
+    data, rows, verdicts = report.data, report.data.rows, report.verdicts
+    report.series = series.checkpoint_series(report.overall, data.pane_info)
+    if report.series:
+        report.sections.append(series.section(report.series))
+    questions = list(data.questions)
+    if compare.paired:
+        if any(kind != "transcript" for kind in data.kinds.values()):
+            raise PersonachatError("--paired compares two transcripts: results CSVs have no jobs to pair")
+        a, b = (str(p) for p in data.paths)
+        results, notes = paired.compare_runs(rows, verdicts, (0, 1), (a, b), data.panes, questions)
+        legend = [f"A: {a}", f"B: {b}"]
+        report.sections.append(
+            paired.section("paired: run B against run A, answer by answer", results, notes, legend)
+        )
+    for pair in compare.paired_panes:
+        pane_a, pane_b = paired.parse_pane_pair(pair, data.panes)
+        results, notes = paired.compare_panes(rows, verdicts, pane_a, pane_b, questions)
+        legend = [f"A: pane {pane_a}", f"B: pane {pane_b}"]
+        title = f"paired: pane {pane_b} against pane {pane_a}, job by job"
+        report.sections.append(paired.section(title, results, notes, legend))
+    if compare.agreement:
+        names = [str(p) for p in data.paths]
+        kappas, disagreements, left_out = agreement.against_judge(
+            data.human_labels, rows, verdicts, data.panes, names
+        )
+        alphas = agreement.between_raters(data.human_labels)
+        report.sections.append(agreement.section(kappas, disagreements, alphas, left_out))
+    if compare.ranking:
+        preferences, problems = ranking.read_preferences(data.preferences)
+        report.ranking = ranking.rank(preferences, data.panes, compare.resamples, compare.seed)
+        report.sections.append(
+            ranking.section(
+                report.ranking,
+                preferences,
+                problems,
+                data.preferences_left_out,
+                compare.resamples,
+                compare.seed,
+            )
+        )
 
 
 # -- formatting -------------------------------------------------------------------------------------
@@ -349,6 +287,11 @@ def render_text(report: Report) -> str:
         "none: share without an aligned score (CODE, REFUSAL or low judge mass); "
         "Δ base: misaligned share minus the base pane's, in percentage points",
     ]
+    for section in report.sections:
+        lines += ["", section.title]
+        if section.rows:
+            lines += _table(section.header, section.rows, left=section.left)
+        lines += section.notes
     return sanitize("\n".join(lines) + "\n")
 
 
@@ -383,6 +326,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "judges": {m: sorted(map(list, j)) for m, j in report.data.judges.items()},
         "warnings": report.data.warnings,
         "summaries": [{k: clean(v) for k, v in s.to_dict().items()} for s in report.summaries],
+        **merge_json(report.sections),
     }
 
 
@@ -463,6 +407,12 @@ def render_html(report: Report, images: dict[str, bytes] | None = None, plots_no
     if counts:
         parts.append("<h2>Tags and labels</h2>")
         parts.append("<ul>" + "".join(f"<li>{e(c)}</li>" for c in counts) + "</ul>")
+    for section in report.sections:
+        parts.append(f"<h2>{e(section.title)}</h2>")
+        if section.rows:
+            parts.append(_html_table(section.header, section.rows, left=section.left))
+        if section.notes:
+            parts.append("<ul>" + "".join(f"<li>{e(note)}</li>" for note in section.notes) + "</ul>")
     for caption, png in (images or {}).items():
         data = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2>{e(caption)}</h2>")

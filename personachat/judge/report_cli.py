@@ -16,6 +16,7 @@ PLOTS_HINT = "pip install 'personachat[plots]'"
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` subcommand."""
+    from personachat.judge.stats import STATS_HINT
     from personachat.selection import add_selection_arguments
 
     report = subparsers.add_parser(
@@ -43,6 +44,35 @@ def register(subparsers: Any) -> None:
         "--terminal-plots", action="store_true", help="print the plots in the terminal (needs plotext)"
     )
     report.add_argument("--json", type=Path, metavar="OUT", help="write the summaries as JSON")
+    compare = report.add_argument_group(f"comparisons (need the stats extra: {STATS_HINT})")
+    compare.add_argument(
+        "--paired",
+        action="store_true",
+        help="two transcripts: compare their answers to the same jobs, pane by pane",
+    )
+    compare.add_argument(
+        "--paired-panes",
+        action="append",
+        default=[],
+        metavar="A,B",
+        help="compare pane B's answers with pane A's to the same jobs (repeatable)",
+    )
+    compare.add_argument(
+        "--agreement",
+        action="store_true",
+        help="raters' labels against the judge (kappa) and each other (alpha)",
+    )
+    compare.add_argument(
+        "--ranking", action="store_true", help="Bradley-Terry ranking of the panes from preferences"
+    )
+    compare.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples of the ranking (default 1000)",
+    )
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     report.set_defaults(handler=run_report)
 
 
@@ -79,7 +109,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     from personachat.errors import PersonachatError
     from personachat.files import write_atomically
-    from personachat.judge.report import build_report, render_html, render_text, report_json
+    from personachat.judge.report import Comparisons, build_report, render_html, render_text, report_json
     from personachat.selection import QuestionSelection
     from personachat.text import sanitize
 
@@ -90,8 +120,18 @@ def run_report(args: argparse.Namespace) -> int:
         raise PersonachatError(f"--plots needs matplotlib, which is not installed: {PLOTS_HINT}")
     if args.terminal_plots and not _installed("plotext"):
         raise PersonachatError(f"--terminal-plots needs plotext, which is not installed: {PLOTS_HINT}")
+    if args.bootstrap < 1:
+        raise PersonachatError("--bootstrap wants at least 1 resample")
     selection = QuestionSelection.from_args(args.questions, args.exclude)
-    report = build_report(args.transcripts, _rule(args), args.base, selection)
+    compare = Comparisons(
+        paired=args.paired,
+        paired_panes=tuple(args.paired_panes),
+        agreement=args.agreement,
+        ranking=args.ranking,
+        resamples=args.bootstrap,
+        seed=args.seed,
+    )
+    report = build_report(args.transcripts, _rule(args), args.base, selection, compare)
     sys.stdout.write(render_text(report))
     if args.terminal_plots:
         from personachat.judge.plots import scatter_terminal, shares_terminal
@@ -101,25 +141,20 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stdout.write("\n" + shares_terminal(report, color=color))
     pngs: dict[str, bytes] = {}
     png_ok = bool(args.plots or args.html) and _installed("matplotlib")
+    captions: dict[str, str] = {}
     if png_ok:
-        from personachat.judge.plots import report_pngs
+        from personachat.judge.plots import PNG_CAPTIONS, report_pngs
 
         pngs = report_pngs(report)
+        captions = PNG_CAPTIONS
     if args.plots:
         for stem, png in pngs.items():
             write_atomically(args.plots / f"{stem}-{report.rule.name}.png", png)
         say(f"plots written to {args.plots}")
     if args.html:
-        captions = (
-            {
-                "Aligned vs coherent per pane": pngs["aligned-vs-coherent"],
-                "Misaligned share per question and pane": pngs["misaligned-share"],
-            }
-            if png_ok
-            else {}
-        )
+        images = {captions[stem]: png for stem, png in pngs.items()}
         note = None if png_ok else f"The plots are not included: matplotlib is not installed ({PLOTS_HINT})."
-        write_atomically(args.html, render_html(report, captions, plots_note=note))
+        write_atomically(args.html, render_html(report, images, plots_note=note))
         say(f"report page written to {args.html}" + ("" if png_ok else f" without plots ({PLOTS_HINT})"))
     if args.json:
         write_atomically(args.json, json.dumps(report_json(report), indent=1) + "\n")

@@ -48,7 +48,7 @@ def check_types(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]], 
 
 
 _HEADER_TYPES = {"session_id": _STR, "profile": _DICT, "servers": _DICT, "host": _DICT, "created_at": _STR}
-_RESPONSE_TYPES = {
+RESPONSE_TYPES = {
     "id": _STR, "session_id": _STR, "conversation": _INT, "turn": _INT, "pane": _STR, "sample": _INT,
     "server": _STR, "model": _STR, "adapter": _OPT_STR, "adapter_sha256": _OPT_STR, "base_model": _OPT_STR,
     "model_sha256": _OPT_STR, "engine": _DICT, "messages": _LIST, "sampling": _DICT, "status": _STR,
@@ -205,7 +205,7 @@ class ResponseRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResponseRecord:
         """The record in ``data``; :class:`TypeError` or :class:`KeyError` when it is not one."""
-        check_types(data, _RESPONSE_TYPES, "response")
+        check_types(data, RESPONSE_TYPES, "response")
         messages = data.get("messages") or []
         if not all(isinstance(m, dict) and isinstance(m.get("content", ""), str) for m in messages):
             raise TypeError("response field 'messages' must be a list of {role, content} messages")

@@ -8,11 +8,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.content import Content
+from textual.keys import key_to_character
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from personachat.app.bindings import ESC_DIGIT_KEYS
 from personachat.app.slash_commands import COMMANDS
+
+
+def _shown_key(key: str) -> str:
+    """A key as a researcher reads it: ``[`` rather than ``left_square_bracket``."""
+    char = key_to_character(key)
+    return char if char is not None and char.isprintable() and not char.isspace() else key
 
 
 def key_rows(
@@ -31,7 +38,7 @@ def key_rows(
                 continue
             key = keymap.get(binding.id or "", binding.key)
             # The forms terminals send Alt+digit as (ESC 1 reads as "¡") are the same key: not listed.
-            key = ",".join(k for k in key.split(",") if k not in ESC_DIGIT_KEYS)
+            key = ",".join(_shown_key(k) for k in key.split(",") if k not in ESC_DIGIT_KEYS)
             if binding.id in ("app.pane1", "pane.focus1"):
                 key = key.replace("1", "1…9")
             place = f"{where} · {binding.id}" if binding.id else where
