@@ -20,11 +20,13 @@ import argparse
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from personachat.errors import PersonachatError
-from personachat.profile import Profile, api_root, open_profile, parse_profile
 from personachat.redaction import url_without_credentials
+
+if TYPE_CHECKING:
+    from personachat.profile import Profile
 
 SOURCE_FLAGS = ("url", "model", "adapter", "vllm", "api_key_env", "save_profile")
 _PANE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -67,6 +69,8 @@ def source_profile(args: argparse.Namespace, profile_name: str | None) -> Profil
     save, key_env = getattr(args, "save_profile", None), getattr(args, "api_key_env", None)
     if url and model:
         raise PersonachatError("give --url (a running server) or --model (open one), not both")
+    from personachat.profile import open_profile, parse_profile
+
     if (url or model) and profile_name:
         raise PersonachatError("--url and --model replace a profile: leave out --profile")
     if (adapters or vllm) and not model:
@@ -95,6 +99,7 @@ def served_models(url: str, key_env: str | None = None) -> list[dict[str, Any]]:
     import httpx
 
     from personachat.backends.openai_http import url_credentials
+    from personachat.profile import api_root
     from personachat.server_keys import key_for
     from personachat.text import sanitize
 
@@ -129,6 +134,8 @@ def served_models(url: str, key_env: str | None = None) -> list[dict[str, Any]]:
 
 def attach_data(url: str, entries: list[dict[str, Any]], key_env: str | None = None) -> dict[str, Any]:
     """Profile data with one pane per served model: each base, then its adapters."""
+    from personachat.profile import api_root
+
     ids = [str(e["id"]) for e in entries]
     parent = {str(e["id"]): str(e["parent"]) for e in entries if e.get("parent")}
     for model_id in ids:

@@ -6,7 +6,6 @@ Every subcommand imports what it needs when it runs, so ``personachat --help`` s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -133,6 +132,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return subcommands.run_scenario_command(args, _transcripts_arg(args))
     if command is None:
         return subcommands.run_app_command(args, _profile_arg(args), _transcripts_arg(args))
+    if command in ("ask", "check", "serve"):
+        import asyncio  # not at import time: it costs a third of `personachat --help`
     if command == "ask":
         from personachat.ask import run_ask
 

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from personachat.errors import PersonachatError
-from personachat.judge.aggregate import wilson_interval
 
 STATS_HINT = "pip install 'personachat[stats]'"
 BT_PRIOR = 0.5
@@ -75,6 +74,8 @@ def paired_difference(both: int, a_only: int, b_only: int, neither: int, z: floa
     if n == 0:
         raise ValueError("no pairs")
     p1, p2 = (both + b_only) / n, (both + a_only) / n  # B, A
+    from personachat.judge.aggregate import wilson_interval  # not at import: `--help` reads STATS_HINT
+
     l1, u1 = wilson_interval(both + b_only, n, z)
     l2, u2 = wilson_interval(both + a_only, n, z)
     margins = (both + b_only) * (a_only + neither) * (both + a_only) * (b_only + neither)
