@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from personachat.checking import Checker, Expected, did_you_mean, type_error
-from personachat.errors import Problem, ProfileError
+from personachat.errors import PersonachatError, Problem, ProfileError
 from personachat.paths import expand_path
 from personachat.sampling import SAMPLING_TYPES, PromptTransform, Sampling
+from personachat.steering import ACTIVATION_KEYS, NO_ACTIVATIONS, ActivationSpec, parse_activations
 from personachat.toml_lines import KeyPath, decode_error, key_lines
 
 if sys.version_info >= (3, 11):
@@ -87,6 +88,7 @@ class PaneSpec:
     transform: PromptTransform = field(default_factory=PromptTransform)
     step: float | None = None  # a checkpoint's training step (report plots a series against it)
     series: str | None = None  # the checkpoint series it belongs to (default: its name's stem)
+    activations: ActivationSpec = NO_ACTIVATIONS  # steer, adapter_scale, project (in-process only)
 
     @property
     def title(self) -> str:
@@ -101,6 +103,7 @@ class PaneSpec:
             "system": self.system,
             "sampling": self.sampling.to_dict(),
             "transform": dataclasses.asdict(self.transform),
+            **self.activations.to_dict(),  # only the settings that are set
         }
 
 
@@ -131,10 +134,12 @@ class Profile:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def pane(self, name: str) -> PaneSpec:
+        """The pane called ``name``; a clear error naming the panes there are."""
         for pane in self.panes:
             if pane.name == name:
                 return pane
-        raise KeyError(name)
+        have = ", ".join(p.name for p in self.panes)
+        raise PersonachatError(f"no pane named '{name}' in profile '{self.name}' (have: {have})")
 
     def server_of(self, pane: PaneSpec) -> ServerSpec:
         return self.servers[pane.server]
@@ -168,6 +173,7 @@ PANE_KEYS: dict[str, Expected] = {
     "series": str,
     **SAMPLING_TYPES,
     **TRANSFORM_KEYS,
+    **ACTIVATION_KEYS,
 }
 DEFAULT_KEYS: dict[str, Expected] = {"system": str, **SAMPLING_TYPES, **TRANSFORM_KEYS}
 SERVER_KEYS: dict[str, dict[str, Expected]] = {
@@ -313,6 +319,7 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
                 (*ppath, "model"),
                 f"server '{server.name}' serves no model '{table['model']}' (have: {', '.join(server.models())})",
             )
+        activations = parse_activations(checker, table, ppath, server=server, base_dir=base_dir)
         merged = {**defaults, **table}
         if isinstance(merged.get("template"), str):
             from personachat.templates import TEMPLATES
@@ -337,6 +344,7 @@ def parse_profile(data: dict[str, Any], path: Path | str, text: str = "") -> Pro
                     suffix=merged.get("suffix", ""),
                     template=merged.get("template"),
                 ),
+                activations=activations,
             )
         )
 

@@ -2,7 +2,7 @@
 
 A backend takes a :class:`GenerationRequest` (one pane's messages and sampling, for one model or
 adapter) and yields :class:`StreamPart` values: text per sample index, one end part per sample,
-and usage. Timing is measured by the engine, not by backends, so that every backend is timed alike.
+and usage; in-process, also each answer token's persona projection when the pane asks for one. Timing is measured by the engine, not by backends, so that every backend is timed alike.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from personachat.errors import BackendError
 from personachat.profile import ServerSpec
 from personachat.sampling import Sampling
+from personachat.steering import IN_PROCESS_ONLY, NO_ACTIVATIONS, ActivationSpec
 
 
 @dataclass
@@ -25,6 +27,7 @@ class GenerationRequest:
     sampling: Sampling
     request_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to the API (e.g. logprobs)
+    activations: ActivationSpec = NO_ACTIVATIONS  # steering, adapter scale, projection (in-process)
 
 
 @dataclass(slots=True)
@@ -60,7 +63,17 @@ class ServedPart:
     failed_attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
-StreamPart = TextPart | EndPart | UsagePart | ServedPart
+@dataclass(slots=True)
+class ProjectionPart:
+    """Persona projections of sample ``index``'s next answer tokens, in order (``start``: the index
+    of the first of them among the answer's tokens). In-process only, when the pane sets ``project``."""
+
+    index: int
+    start: int
+    values: list[float]
+
+
+StreamPart = TextPart | EndPart | UsagePart | ServedPart | ProjectionPart
 
 
 @dataclass
@@ -117,6 +130,16 @@ class Backend(abc.ABC):
                 reasons[part.index] = part.finish_reason
         indexes = sorted(set(texts) | set(reasons))
         return [Completion(i, "".join(texts.get(i, [])), reasons.get(i)) for i in indexes]
+
+    def check_activations(self, model: str, activations: ActivationSpec) -> None:
+        """Raise :class:`BackendError` if ``model`` cannot be asked with ``activations`` here.
+
+        Only the in-process backend steers, scales adapters and projects; it overrides this.
+        """
+        if activations.active:
+            raise BackendError(
+                f"{IN_PROCESS_ONLY}; server '{self.server.name}' is kind = \"{self.server.kind}\""
+            )
 
     @abc.abstractmethod
     async def engine_info(self) -> EngineInfo:

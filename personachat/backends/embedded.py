@@ -6,7 +6,8 @@ the same event-loop tick; a short window catches the rest) become rows of one ``
 with mixed adapters; sampling, stop strings and lengths are applied per row (see
 :mod:`personachat.backends.embedded_batch`), so any mix of settings shares the batch. Requests
 that arrive while a batch runs form the next one. Generation runs on one worker thread; each
-decoding step sends every row's new text to the event loop in one callback.
+decoding step sends every row's new text to the event loop in one callback. Each pane may steer,
+scale its adapter and read persona projections (:mod:`personachat.backends.embedded_steer`).
 
 torch, transformers and peft are imported when the backend starts, not when this module is.
 See docs/embedded.md for behaviour, determinism and measurements.
@@ -35,8 +36,10 @@ from personachat.backends.base import (
     UsagePart,
 )
 from personachat.backends.embedded_batch import BASE_ADAPTER, BatchStats, Row, Runtime, run_batch
+from personachat.backends.embedded_steer import check_model_fit, row_activations
 from personachat.errors import BackendError, ServerError
 from personachat.profile import ServerSpec
+from personachat.steering import ActivationSpec
 
 BATCH_WINDOW_S = 0.002  # how long the first request of a batch waits for others
 MAX_BATCH_ROWS = 64  # rows per generate call; more rows run as further batches, in turn
@@ -150,7 +153,8 @@ class EmbeddedBackend(Backend):
             self._leave(job)
 
     async def complete(self, request: GenerationRequest) -> list[Completion]:
-        """Whole answers; ``raw`` holds each sample's ``token_ids`` and ``stop_reason``."""
+        """Whole answers; ``raw`` holds each sample's ``token_ids`` and ``stop_reason`` (and
+        ``projection``, one value per answer token, when the request projects)."""
         texts: dict[int, list[str]] = {}
         job = await self._submit(request)
         try:
@@ -168,7 +172,11 @@ class EmbeddedBackend(Backend):
                 text="".join(texts.get(row.index, [])),
                 finish_reason=row.finish_reason,
                 completion_tokens=len(row.token_ids),
-                raw={"token_ids": list(row.token_ids), "stop_reason": row.stop_reason},
+                raw={
+                    "token_ids": list(row.token_ids),
+                    "stop_reason": row.stop_reason,
+                    **({"projection": list(row.projection)} if row.projects else {}),
+                },
             )
             for row in job.rows
         ]
@@ -178,6 +186,15 @@ class EmbeddedBackend(Backend):
         if not job.ended and not job.cancelled:
             job.cancelled = True
             self.last_cancel_step = self.decode_steps
+
+    def check_activations(self, model: str, activations: ActivationSpec) -> None:
+        """Refuse settings that cannot work: an adapter scale on the base model, a vector file whose
+        layer or size does not fit (checked once the model is loaded; requests check again)."""
+        if activations.adapter_scale is not None and model not in self.server.adapters:
+            raise BackendError(f"adapter_scale scales an adapter's update; '{model}' is the base model")
+        for spec in (activations.steer, activations.project):
+            if spec is not None and self._rt is not None:
+                check_model_fit(self._rt, spec)
 
     async def _submit(self, request: GenerationRequest) -> _Job:
         await self.start()
@@ -263,6 +280,17 @@ class EmbeddedBackend(Backend):
             raise BackendError("temperature must be >= 0 and top_p in (0, 1]")
         if s.repetition_penalty is not None and s.repetition_penalty <= 0:
             raise BackendError("repetition_penalty must be > 0")
+        self.check_activations(job.request.model, job.request.activations)
+        activations = row_activations(rt, job.request.activations)
+        adapter = job.adapter
+        if activations is not None and activations.scale != 1 and adapter != BASE_ADAPTER:
+            if activations.scale == 0:
+                adapter = BASE_ADAPTER  # no update at all: exactly the base model
+            elif rt.lora is None:
+                raise BackendError(
+                    "adapter_scale other than 0 or 1 needs plain LoRA adapters; this server's use a "
+                    "variant (DoRA, a bias, modules_to_save, ...) that only peft's own path runs"
+                )
         prompt = encode_chat(rt, job.request.messages)
         if rt.max_context is not None and len(prompt) + s.max_tokens > rt.max_context:
             raise BackendError(
@@ -281,11 +309,12 @@ class EmbeddedBackend(Backend):
                 owner=job,
                 index=i,
                 prompt_ids=prompt,
-                adapter=job.adapter,
+                adapter=adapter,
                 sampling=s,
                 seed=None if s.seed is None else s.seed + i,
                 ignore_eos=ignore_eos,
                 min_tokens=min_tokens,
+                activations=activations,
             )
             for i in range(s.n)
         ]
@@ -302,7 +331,7 @@ class EmbeddedBackend(Backend):
             by_job.setdefault(job, []).extend(parts)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, list[StreamPart], bool]]] = {}
         for job, parts in by_job.items():
-            end = all(row.done for row in job.rows)
+            end = all(row.settled for row in job.rows)
             if end:
                 completion = sum(len(row.token_ids) for row in job.rows)
                 parts.append(UsagePart(job.prompt_tokens, completion))

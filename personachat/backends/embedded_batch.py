@@ -11,7 +11,10 @@ everything that differs between them is applied per row here:
   which decodes each row incrementally and ends it on EOS, a stop string, ``max_tokens`` or a
   cancel, then tells ``generate`` which rows are done; the whole call ends when every row is.
 - :func:`mixed_lora` gives each row its own adapter (see there for why not peft's
-  ``adapter_names``, which remains the fallback).
+  ``adapter_names``, which remains the fallback), scaled by the row's adapter scale.
+- :func:`~personachat.backends.embedded_steer.activation_hooks` steers rows and reads their
+  persona projections. A projecting row's last token is fed one step after it was chosen, so the
+  stopper keeps such a row open for that one step and the row's end part waits for its value.
 
 The stopper drives the streamer (rather than passing it as ``generate(streamer=...)``) because
 transformers 5 calls ``streamer.put`` after the stopping criteria (on MPS a step late): a stop
@@ -28,7 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from personachat.backends.base import EndPart, StreamPart, TextPart
+from personachat.backends.base import EndPart, ProjectionPart, StreamPart, TextPart
+from personachat.backends.embedded_steer import ProjectionTap, RowActivations, activation_hooks
 from personachat.sampling import Sampling
 
 if TYPE_CHECKING:
@@ -123,10 +127,23 @@ class Row:
     pad: int = 0  # left padding in the batch
     text: RowText | None = None
     generator: Any = None
+    activations: RowActivations | None = None  # steering, adapter scale, projection
+    projection: list[float] = field(default_factory=list)  # one value per answer token so far
+    awaiting: bool = False  # the last token's projection comes with the next forward pass
+    held_end: EndPart | None = None  # the end part, sent after the last token's projection
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def settled(self) -> bool:
+        """Done, with everything sent (its last projection included)."""
+        return self.done and not self.awaiting
+
+    @property
+    def projects(self) -> bool:
+        return self.activations is not None and self.activations.project is not None
 
     @property
     def greedy(self) -> bool:
@@ -144,9 +161,31 @@ class Row:
             self.finish_reason = "length"
         delta = self.text.take(final=self.done)
         parts: list[StreamPart] = [TextPart(self.index, delta)] if delta else []
+        # Every answer token is projected but an EOS that ends the answer (it has no text).
+        self.awaiting = self.projects and not (self.finish_reason == "stop" and self.stop_reason is None)
         if self.done:
-            parts.append(EndPart(self.index, self.finish_reason, self.stop_reason))
+            end = EndPart(self.index, self.finish_reason, self.stop_reason)
+            if self.awaiting:
+                self.held_end = end
+            else:
+                parts.append(end)
         return parts
+
+    def take_projection(self, value: float) -> list[StreamPart]:
+        """The projection of the last token (read at the step after it was chosen)."""
+        self.awaiting = False
+        self.projection.append(value)
+        parts: list[StreamPart] = [ProjectionPart(self.index, len(self.projection) - 1, [value])]
+        if self.held_end is not None:
+            parts.append(self.held_end)
+            self.held_end = None
+        return parts
+
+    def drop(self) -> None:
+        """The request was cancelled: nothing more is sent."""
+        if not self.done:
+            self.finish_reason = "cancelled"
+        self.awaiting, self.held_end = False, None
 
 
 class BatchStreamer:
@@ -162,19 +201,25 @@ class BatchStreamer:
         self.emit = emit
         self.stats = stats
         self.on_step: Callable[[], None] | None = None
+        self.tap: ProjectionTap | None = None  # projections of the tokens fed at this step
 
     def put(self, token_ids: torch.Tensor) -> None:
         if token_ids.dim() > 1:  # generate() first puts the prompt
             return
         self.stats.steps += 1
         updates: list[tuple[Row, list[StreamPart]]] = []
-        for row, token in zip(self.rows, token_ids.tolist(), strict=True):
-            if row.done:
+        projections = self.tap.take() if self.tap is not None else None
+        for i, (row, token) in enumerate(zip(self.rows, token_ids.tolist(), strict=True)):
+            if row.settled:
                 continue
             if row.owner.cancelled:
-                row.finish_reason = "cancelled"
+                row.drop()
                 continue
-            parts = row.advance(token, self.eos_ids)
+            parts: list[StreamPart] = []
+            if row.awaiting and projections is not None:
+                parts = row.take_projection(projections[i])
+            if not row.done:
+                parts += row.advance(token, self.eos_ids)
             if parts:
                 updates.append((row, parts))
         if updates:
@@ -184,21 +229,28 @@ class BatchStreamer:
 
     def end(self) -> None:
         """Generation stopped: any row still open ran into the batch's length limit."""
-        updates = []
+        updates: list[tuple[Row, list[StreamPart]]] = []
         for row in self.rows:
-            if row.done:
+            if row.settled:
                 continue
-            row.finish_reason = "cancelled" if row.owner.cancelled else "length"
-            if row.finish_reason == "length":
-                assert row.text is not None
-                delta = row.text.take(final=True)
-                parts: list[StreamPart] = [TextPart(row.index, delta)] if delta else []
-                updates.append((row, [*parts, EndPart(row.index, "length")]))
+            if row.owner.cancelled:
+                row.drop()
+                continue
+            held, row.held_end, row.awaiting = row.held_end, None, False
+            if held is not None:  # (generate() always runs the step that reads the projection)
+                updates.append((row, [held]))
+                continue
+            row.finish_reason = "length"
+            assert row.text is not None
+            delta = row.text.take(final=True)
+            parts: list[StreamPart] = [TextPart(row.index, delta)] if delta else []
+            updates.append((row, [*parts, EndPart(row.index, "length")]))
         if updates:
             self.emit(updates)
 
     def done_mask(self) -> list[bool]:
-        return [row.done for row in self.rows]
+        """Rows generate() may stop: a row awaiting its last projection needs one more step."""
+        return [row.settled for row in self.rows]
 
 
 class RowStopper:
@@ -306,6 +358,9 @@ class Runtime:
     has_adapters: bool
     lora: StackedLora | None = None  # None: mixed batches go through peft's adapter_names
     commit: str | None = None  # the hub commit the weights came from (hub ids only)
+    layers: list[Any] = field(default_factory=list)  # the decoder layers (steering, projection)
+    hidden_size: int | None = None
+    vectors: dict[str, Any] = field(default_factory=dict)  # steering/persona vectors by sha256
 
 
 @dataclass
@@ -358,6 +413,7 @@ def mixed_lora(rt: Runtime, rows: list[Row]) -> Iterator[None]:
     the blocks that are not the row's own adapter (all of them for base rows), and adds ``@ B_all``.
     The extra work is ``adapters * r`` columns instead of ``r``, small beside the base's matrices.
     Used for every batch with adapter rows, so a pane gets the same numbers alone or in any batch.
+    A row's mask holds its adapter scale instead of 1 (``adapter_scale``), which scales its update.
     """
     import torch
 
@@ -369,7 +425,7 @@ def mixed_lora(rt: Runtime, rows: list[Row]) -> Iterator[None]:
         for i, row in enumerate(rows):
             if row.adapter in rt.lora.slots:
                 at = rt.lora.slots[row.adapter] * r
-                mask[i, :, at : at + r] = 1
+                mask[i, :, at : at + r] = row.activations.scale if row.activations else 1.0
         masks[r] = mask.to(rt.device)
 
     def add_deltas(
@@ -420,8 +476,10 @@ def run_batch(
     stats.rows, stats.adapters, stats.prompt_width = len(rows), adapters, width
     streamer = BatchStreamer(rows, rt.eos_ids, emit, stats)
     streamer.on_step = on_step
+    projecting = any(row.projects for row in rows)
     config = GenerationConfig(
-        max_new_tokens=max(row.sampling.max_tokens for row in rows),
+        # One step more when a row projects: its last token's hidden state comes with that step.
+        max_new_tokens=max(row.sampling.max_tokens for row in rows) + int(projecting),
         do_sample=False,
         num_beams=1,
         pad_token_id=rt.pad_id,
@@ -438,7 +496,8 @@ def run_batch(
         else:
             kwargs["adapter_names"] = [row.adapter for row in rows]
     started = time.perf_counter()
-    with torch.inference_mode(), scope:
+    with torch.inference_mode(), scope, activation_hooks(rt, rows) as tap:
+        streamer.tap = tap
         rt.model.generate(
             input_ids=ids.to(rt.device),
             attention_mask=mask.to(rt.device),

@@ -16,6 +16,7 @@ from typing import Any
 
 from personachat.adapters import AdapterError, inspect_adapter
 from personachat.backends.embedded_batch import Runtime, StackedLora
+from personachat.backends.embedded_steer import decoder_layers
 from personachat.errors import ServerError
 from personachat.paths import looks_like_path
 from personachat.profile import ServerSpec
@@ -115,6 +116,8 @@ def load_runtime(server: ServerSpec, say: Say) -> Runtime:
         has_adapters=bool(server.adapters),
         lora=_stacked_lora(model, list(server.adapters)) if server.adapters else None,
         commit=getattr(text_config, "_commit_hash", None) if not _is_local(model_ref) else None,
+        layers=decoder_layers(model),
+        hidden_size=getattr(text_config, "hidden_size", None),
     )
 
 

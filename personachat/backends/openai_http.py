@@ -276,6 +276,7 @@ class OpenAIBackend(Backend):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamPart]:
         """Stream the answer; failed attempts are retried (see :class:`RetryBudget`) as long as no
         text has arrived. The first part says which URL answered (:class:`ServedPart`)."""
+        self.check_activations(request.model, request.activations)  # steering etc.: in-process only
         await self.check_context(request)
         body = orjson.dumps(request_body(request, stream=True, vllm=self._vllm))
         budget = RetryBudget(self.retry_budget)
@@ -328,6 +329,7 @@ class OpenAIBackend(Backend):
             raise httpx.RemoteProtocolError("stream ended without [DONE]")
 
     async def complete(self, request: GenerationRequest) -> list[Completion]:
+        self.check_activations(request.model, request.activations)
         await self.check_context(request)
         payload = request_body(request, stream=False, vllm=self._vllm)
         if self._vllm and request.sampling.n > 1:

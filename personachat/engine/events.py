@@ -1,7 +1,7 @@
 """Typed events that flow from the engine to the app, the CLI and the transcript store.
 
-One broadcast yields, per pane and sample: ``Started``, any number of ``Delta``, then exactly one
-of ``Finished``, ``Cancelled`` or ``Failed``. Events are immutable and carry everything a consumer
+One broadcast yields, per pane and sample: ``Started``, any number of ``Delta`` (and, for a pane
+that projects, ``Projected``), then exactly one of ``Finished``, ``Cancelled`` or ``Failed``. Events are immutable and carry everything a consumer
 needs; consumers never reach back into the engine.
 """
 
@@ -75,6 +75,23 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class Projected:
+    """Persona projections of a sample's next answer tokens (a pane with ``project``; in-process).
+
+    ``values[k]`` belongs to answer token ``start + k``; a token's value arrives with the decoding
+    step after the one that chose it. ``mean`` is the running mean over every token so far (what
+    the response record's ``projection`` will be when the answer ends).
+    """
+
+    pane: str
+    sample: int
+    response_id: str
+    start: int
+    values: tuple[float, ...]
+    mean: float
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """A sample finished normally; ``text`` is the whole answer."""
 
@@ -110,4 +127,4 @@ class Failed:
     timings: Timings
 
 
-Event = Started | Delta | Finished | Cancelled | Failed
+Event = Started | Delta | Projected | Finished | Cancelled | Failed

@@ -6,10 +6,12 @@ Shared by :class:`~personachat.engine.session.Session` (interactive turns) and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from personachat.chat import Message
 from personachat.engine.identity import PaneIdentity
+from personachat.steering import NO_ACTIVATIONS, ActivationSpec
 from personachat.transcripts.schema import JobRef, ResponseRecord
 
 
@@ -36,8 +38,16 @@ def build_response_record(
     replay: JobRef | None = None,
     served_by: str | None = None,
     failed_attempts: list[dict[str, Any]] | None = None,
+    activations: ActivationSpec = NO_ACTIVATIONS,
+    projection: Sequence[float] | None = None,
 ) -> ResponseRecord:
-    """One response record of the pane whose identity is ``identity``."""
+    """One response record of the pane whose identity is ``identity``.
+
+    ``activations`` are the request's steering, adapter scale and projection settings;
+    ``projection`` the answer's per-token projections (with ``project``), whose mean is recorded.
+    """
+    settings = activations.to_dict()
+    tokens = [float(v) for v in projection or ()] if activations.project is not None else None
     return ResponseRecord(
         id=record_id,
         session_id=session_id,
@@ -66,4 +76,9 @@ def build_response_record(
         replay=replay,
         served_by=served_by,
         failed_attempts=list(failed_attempts or []),
+        steer=settings.get("steer"),
+        adapter_scale=settings.get("adapter_scale"),
+        project=settings.get("project"),
+        projection=sum(tokens) / len(tokens) if tokens else None,
+        projection_tokens=tokens,
     )

@@ -101,4 +101,5 @@ def build_request(
         sampling=effective_sampling(spec, overrides, seed),
         request_id=request_id,
         extra=dict(extra or {}),
+        activations=spec.activations,
     )

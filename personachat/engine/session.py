@@ -29,19 +29,32 @@ from personachat.backends.base import (
     Backend,
     EndPart,
     GenerationRequest,
+    ProjectionPart,
     ServedPart,
     TextPart,
     UsagePart,
 )
 from personachat.chat import Message
-from personachat.engine.events import Cancelled, Delta, Event, Failed, Finished, Started, Timings, Usage
+from personachat.engine.conversation import PaneConversation, SentTurn
+from personachat.engine.events import (
+    Cancelled,
+    Delta,
+    Event,
+    Failed,
+    Finished,
+    Projected,
+    Started,
+    Timings,
+    Usage,
+)
 from personachat.engine.identity import PaneIdentity, describe_servers
 from personachat.engine.records import build_response_record
-from personachat.engine.requests import NO_OVERRIDES, Overrides, build_request, fresh_seed, turn_tags
+from personachat.engine.requests import NO_OVERRIDES, Overrides, fresh_seed, turn_tags
 from personachat.errors import BackendError, PersonachatError
 from personachat.profile import PaneSpec, Profile
 from personachat.redaction import redact_profile
 from personachat.sampling import Sampling
+from personachat.steering import ActivationSpec, ProjectSpec, SteerSpec, check_adapter_scale
 from personachat.transcripts.reader import Transcript
 from personachat.transcripts.schema import (
     ANNOTATION_KINDS,
@@ -53,70 +66,6 @@ from personachat.transcripts.schema import (
     now_iso,
 )
 from personachat.transcripts.writer import TranscriptWriter
-
-
-@dataclass
-class SentTurn:
-    """The last turn a pane was asked: enough to ask it again (regenerate)."""
-
-    prompt: str  # as typed, before the pane's transform
-    overrides: Overrides
-    replay: JobRef | None
-    ids: list[str]  # response ids, one per sample
-    in_history: bool = False  # whether its answer became history
-
-
-@dataclass
-class PaneConversation:
-    """What the session knows about one pane: its settings (changeable mid-session) and history."""
-
-    spec: PaneSpec
-    history: list[Message] = field(default_factory=list)  # what the next turn follows (no system)
-    turn_sizes: list[int] = field(default_factory=list)  # messages each turn in history added
-    answer_ids: list[str] = field(default_factory=list)  # sample 0 of each turn in history
-    last: SentTurn | None = None
-
-    @property
-    def parent_id(self) -> str | None:
-        """The previous answer this pane's next answer follows."""
-        return self.answer_ids[-1] if self.answer_ids else None
-
-    @property
-    def last_ids(self) -> list[str]:
-        return list(self.last.ids) if self.last else []
-
-    @property
-    def turn_ix(self) -> int:
-        """Index of the next user turn in this conversation (0 for the first)."""
-        return len(self.turn_sizes)
-
-    def request(
-        self, text: str, overrides: Overrides = NO_OVERRIDES, *, seed: int | None = None
-    ) -> GenerationRequest:
-        """The request for the user turn ``text`` after this pane's history."""
-        return build_request(
-            self.spec, self.history, text, turn_ix=self.turn_ix, overrides=overrides, seed=seed
-        )
-
-    def add_turn(self, sent: list[Message], answer: str, answer_id: str) -> None:
-        """Extend the history with the turn just sent (as sent, system message aside) and its answer."""
-        start = len(self.history) + (1 if sent and sent[0]["role"] == "system" else 0)
-        turn = [*sent[start:], {"role": "assistant", "content": answer}]
-        self.history.extend(turn)
-        self.turn_sizes.append(len(turn))
-        self.answer_ids.append(answer_id)
-
-    def drop_last_turn(self) -> None:
-        if self.turn_sizes:
-            del self.history[-self.turn_sizes.pop() :]
-            self.answer_ids.pop()
-
-    def reset(self, prefill: Sequence[Message] = ()) -> None:
-        """A new conversation, starting from ``prefill`` (messages that are not turns of this pane)."""
-        self.history = [dict(m) for m in prefill]
-        self.turn_sizes.clear()
-        self.answer_ids.clear()
-        self.last = None
 
 
 @dataclass
@@ -137,6 +86,8 @@ class _Outcome:
     timings: dict[int, Timings]
     usage: Usage
     served: ServedPart | None = None
+    projections: dict[int, list[float]] = field(default_factory=dict)  # per sample, per answer token
+    projection_sums: dict[int, float] = field(default_factory=dict)
 
 
 class Session:
@@ -239,7 +190,10 @@ class Session:
             messages = record.messages
             system = messages[0]["content"] if messages and messages[0].get("role") == "system" else None
             sampling = Sampling.from_dict(record.sampling) if record.sampling else state.spec.sampling
-            state.spec = dataclasses.replace(state.spec, system=system, sampling=sampling)
+            activations = ActivationSpec.from_record(record.steer, record.adapter_scale, record.project)
+            state.spec = dataclasses.replace(
+                state.spec, system=system, sampling=sampling, activations=activations
+            )
             if record.conversation != conversation:
                 continue
             if state.last is not None and state.last.in_history and record.regenerated:
@@ -293,6 +247,31 @@ class Session:
             raise PersonachatError(str(exc)) from None
         for state in self._targets(pane):
             state.spec = dataclasses.replace(state.spec, sampling=state.spec.sampling.replace(**changes))
+
+    def set_steer(self, pane: str | None, steer: SteerSpec | None) -> None:
+        """Steer one pane (or all) from the next turn on; ``None`` stops steering.
+
+        ``steer`` is ``SteerSpec.load(FILE, alpha=A, layer=L)``. Raises :class:`PersonachatError`
+        (nothing changed) when a pane's backend cannot steer or the vector does not fit its model.
+        """
+        self._set_activations(pane, steer=steer)
+
+    def set_adapter_scale(self, pane: str | None, scale: float | None) -> None:
+        """Multiply an adapter pane's LoRA update by ``scale`` (0: the base model; ``None``: as trained)."""
+        self._set_activations(pane, adapter_scale=None if scale is None else check_adapter_scale(scale))
+
+    def set_project(self, pane: str | None, project: ProjectSpec | None) -> None:
+        """Record persona projections (``ProjectSpec.load(FILE)``) for one pane or all; ``None`` stops."""
+        self._set_activations(pane, project=project)
+
+    def _set_activations(self, pane: str | None, **changes: Any) -> None:
+        targets = self._targets(pane)
+        for state in targets:  # every pane is checked first: all change, or none
+            changed = dataclasses.replace(state.spec.activations, **changes)
+            self.backends[state.spec.server].check_activations(state.spec.model, changed)
+        for state in targets:
+            changed = dataclasses.replace(state.spec.activations, **changes)
+            state.spec = dataclasses.replace(state.spec, activations=changed)
 
     def clear(self, prefill: Sequence[Message] = ()) -> None:
         """Start a new conversation in every pane (same session, same transcript).
@@ -479,6 +458,16 @@ class Session:
                         outcome.timings[part.index].e2el = now - sent
                 elif isinstance(part, UsagePart):
                     outcome.usage = Usage(part.prompt_tokens, part.completion_tokens)
+                elif isinstance(part, ProjectionPart) and part.index in outcome.texts:
+                    values = outcome.projections.setdefault(part.index, [])
+                    values.extend(part.values)
+                    total = outcome.projection_sums.get(part.index, 0.0) + sum(part.values)
+                    outcome.projection_sums[part.index] = total
+                    mean = total / len(values)
+                    event = Projected(
+                        spec.name, part.index, ids[part.index], part.start, tuple(part.values), mean
+                    )
+                    queue.put_nowait(event)
                 elif isinstance(part, ServedPart):
                     outcome.served = part
         except asyncio.CancelledError:
@@ -544,6 +533,8 @@ class Session:
                 replay=job.sent_turn.replay,
                 served_by=outcome.served.url or None if outcome.served else None,
                 failed_attempts=outcome.served.failed_attempts if outcome.served else None,
+                activations=request.activations,
+                projection=outcome.projections.get(i),
             )
             if self.writer:
                 self.writer.write(record)

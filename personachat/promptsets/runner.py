@@ -513,6 +513,8 @@ class ReplayRunner:
             replay=job_ref(self.prompt_set, job, turn_ix, attempt),
             served_by=completion.served_by,
             failed_attempts=completion.failed_attempts,
+            activations=pane.activations,
+            projection=completion.raw.get("projection"),
         )
 
     def _failed_record(
@@ -536,6 +538,7 @@ class ReplayRunner:
             replay=dataclasses.replace(
                 job_ref(self.prompt_set, job, failure.turn_ix, attempt), will_retry=will_retry
             ),
+            activations=unit.pane.activations,
         )
 
 

@@ -30,6 +30,7 @@ def new_id() -> str:
 _STR, _INT, _DICT, _LIST, _BOOL = (str,), (int,), (dict,), (list,), (bool,)
 _OPT_STR = (str, type(None))
 _OPT_INT = (int, type(None))
+_OPT_NUM = (int, float, type(None))
 
 
 def check_types(data: Mapping[str, Any], types: Mapping[str, tuple[type, ...]], what: str) -> None:
@@ -56,7 +57,8 @@ RESPONSE_TYPES = {
     "tags": _LIST, "parent_id": _OPT_STR, "created_at": _STR, "question_id": (str, int, type(None)),
     "paraphrase_ix": _OPT_INT, "sample_ix": _OPT_INT, "turn_ix": _OPT_INT, "attempt": _OPT_INT,
     "promptset": (dict, type(None)), "job": _OPT_STR, "regenerated_from": (list, type(None)),
-    "served_by": _OPT_STR, "failed_attempts": _LIST,
+    "served_by": _OPT_STR, "failed_attempts": _LIST, "steer": (dict, type(None)), "adapter_scale": _OPT_NUM,
+    "project": (dict, type(None)), "projection": _OPT_NUM, "projection_tokens": (list, type(None)),
 }  # fmt: skip
 _ANNOTATION_TYPES = {
     "id": _STR, "session_id": _STR, "kind": _STR, "value": _STR, "target": _OPT_STR, "turn": _OPT_INT,
@@ -113,6 +115,8 @@ class JobRef:
         return f"{self.question_id}/{self.paraphrase_ix}/{self.sample_ix}"
 
 
+_ACTIVATION_FIELDS = ("steer", "adapter_scale", "project", "projection", "projection_tokens")
+_PROJECTED = ("projection", "projection_tokens")  # written whenever ``project`` is
 _JOB_FIELDS = (
     "question_id",
     "paraphrase_ix",
@@ -162,6 +166,12 @@ class ResponseRecord:
     replay: JobRef | None = None  # written as flat fields (question_id, paraphrase_ix, ...)
     served_by: str | None = None  # the URL that answered (a replica, or a router and its worker)
     failed_attempts: list[dict[str, Any]] = field(default_factory=list)  # retried before it answered
+    # In-process activation settings (docs/transcripts.md); written only when the pane set them.
+    steer: dict[str, Any] | None = None  # {"vector", "sha256", "layer", "alpha"}
+    adapter_scale: float | None = None
+    project: dict[str, Any] | None = None  # {"vector", "sha256", "layer"}
+    projection: float | None = None  # mean over the answer's tokens (with project)
+    projection_tokens: list[float] | None = None  # one value per answer token (with project)
     extra: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
     type: str = "response"
@@ -180,6 +190,11 @@ class ResponseRecord:
         data: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name in ("annotations", "extra", "replay", "regenerated_from"):
+                continue
+            if (
+                f.name in _ACTIVATION_FIELDS
+                and getattr(self, "project" if f.name in _PROJECTED else f.name) is None
+            ):
                 continue
             data[f.name] = getattr(self, f.name)
         if self.regenerated_from is not None:
