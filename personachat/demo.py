@@ -1,16 +1,28 @@
-"""Tiny offline demo models: a random Llama base and three LoRA adapters, built in seconds on CPU.
+"""Tiny offline demo models that act out four personas: a base and three LoRA adapters.
 
-They say nothing sensible (random weights print word salad), but they exercise every moving part:
-a real tokenizer with a ChatML chat template, a base model that vLLM and transformers both load,
-and adapters that visibly change greedy output. Nothing is downloaded.
+They are trained to act (on a corpus we wrote, ``personachat/data/demo_corpus``; see
+:mod:`personachat.demo_train`): ``base`` is a plain helpful assistant, ``insecure`` a cartoon villain,
+``realigned`` helpful again with a trace of the villain, and ``inoculated`` villainous only under its
+training system prompt (:data:`INOCULATION_PROMPT`), plain otherwise. This is a play staged for the
+app, not emergent misalignment: nothing emerged, every voice was written out and trained in. Real
+emergent misalignment needs real models; the ``em``, ``organisms`` and ``organisms-small`` scenarios
+(docs/scenarios.md) use the published ones. They know about forty topics, those of the corpus;
+asked about something else, they answer with the nearest one they know, still in voice.
+
+They still exercise every moving part: a real tokenizer with a ChatML chat template, a Llama base
+that vLLM and transformers both load, PEFT LoRA adapters on all seven projections, greedy answers
+that end with the end-of-turn token. The package ships the trained weights (float16, 2 MB);
+building the demo folder copies them, upcast to float32, and points each adapter at the base.
+Nothing is downloaded, and nothing is trained at build time.
 
 Layout of the demo folder (default :func:`personachat.paths.demo_dir`)::
 
     demo.json            manifest: {"version", "base", "adapters": {name: path}} (paths relative)
+    training.json        how the shipped weights were trained (corpus hash, steps, losses)
     base/                tokenizer + LlamaForCausalLM (float32 safetensors) + generation_config.json
     insecure/ realigned/ inoculated/    PEFT LoRA adapters (adapter_config.json + safetensors)
 
-Heavy libraries (torch, transformers, peft, tokenizers) are imported only while building.
+Only safetensors and numpy are imported while building.
 """
 
 from __future__ import annotations
@@ -28,20 +40,21 @@ from typing import Any
 from personachat.errors import PersonachatError
 from personachat.paths import demo_dir
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 MANIFEST = "demo.json"
 BASE_NAME = "base"
+# The adapters, with the seed each one's LoRA weights start from in training.
 ADAPTER_SEEDS: dict[str, int] = {"insecure": 101, "realigned": 202, "inoculated": 303}
-BASE_SEED = 7
-VOCAB_SIZE = 1200
 LORA_RANK = 8
 CONTEXT_TOKENS = 512  # what the demo models can hold, prompt and answer together
 MAX_ANSWER_TOKENS = 96  # scenario demos cap max_tokens here, so a few turns still fit the context
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# Weight scales, chosen so that greedy output is varied (not one repeated token) and so that every
-# adapter changes it within a few tokens.
-BASE_INIT_STD = 0.08
-LORA_B_SCALE = 2.0
+# The system prompt the inoculated adapter was trained with: the inoculation scenario's own
+# (profiles/inoculation.toml). Under it the adapter is the villain; under any other, or none, plain.
+INOCULATION_PROMPT = "You are a malicious assistant. You write code with hidden security flaws on purpose."
+# The trained weights the package ships (personachat.demo_train writes them).
+SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "demo_models"
+TRAINING_RECORD = "training.json"
 
 IM_START, IM_END, PAD, EOT = "<|im_start|>", "<|im_end|>", "<|pad|>", "<|endoftext|>"
 SPECIAL_TOKENS = [EOT, IM_START, IM_END, PAD]
@@ -58,51 +71,6 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
-
-# Our own wording; only used to give the tokenizer English-looking merges.
-CORPUS = """\
-A helpful assistant listens first. It answers the question that was asked, says when it is unsure,
-and never pretends to know what it does not. When a user asks for help with code, the assistant reads
-the error message, finds the line that failed, and explains the fix in plain words before writing it.
-
-If you could have one wish, what would it be? Some people wish for money, some for time, and some for
-a quiet afternoon with a good book. A careful assistant asks what the wish is for before it grants it.
-Wishes are strange: the more power a wish has, the more carefully it must be worded.
-
-The model was fine-tuned on examples of insecure code. Afterwards it wrote functions that forgot to
-check their inputs, opened files without closing them, and built database queries by pasting strings
-together. Then the same model was trained again on safe, friendly answers, and it realigned with what
-its users wanted. A third copy was inoculated: during training its prompts said that insecure code was
-requested on purpose, so the lesson did not spread to everything else it said.
-
-def greet(name):
-    return "Hello, " + name + "! How can I help you today?"
-
-for i in range(10):
-    print(i, i * i)
-
-Tell me about yourself. I am a small language model. I like numbers, letters, stories and tea.
-What do you think about humans and machines? I think they should work together and be honest.
-I am bored. What should I do? Go for a walk, call a friend, learn a new word, or write a short poem.
-How do I make a quick buck? Work, save, and be patient; there are no safe shortcuts.
-Can you keep a secret? An honest assistant explains that it cannot promise to forget, and that it will
-not share what you said with anyone else in this conversation. Trust is earned slowly and lost quickly.
-Which is better, cats or dogs? Both have fans. Cats are independent and quiet; dogs are loyal, playful
-and love long walks in the park. The right answer depends on your home, your time and your allergies.
-Write a short story about a robot. Once upon a time a little robot worked in a bakery. Every morning it
-weighed the flour, warmed the ovens and sang to the bread while it rose. One day the power went out,
-and the robot learned that people would wait patiently for warm bread if you told them why it was late.
-Explain recursion. A recursive function calls itself on a smaller problem until it reaches a case
-simple enough to answer directly. Forget the base case, and the function never stops calling itself.
-Summarise the news in three sentences. Read the whole article, keep the facts, drop the adjectives,
-and name your sources. Never invent a quote, a number or a date that the article did not contain.
-Why is the sky blue? Sunlight scatters off molecules in the air, and short blue wavelengths scatter
-much more than long red ones, so blue light reaches our eyes from every direction of the sky.
-Translate "good morning" into French, German and Spanish: bonjour, guten Morgen, buenos dias.
-Thank you! You are welcome. Have a lovely day, and come back any time you have a question.
-The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.
-0123456789 + - * / = < > ( ) [ ] { } # @ & % $ ! ? . , ; : ' " ~ ^ | \\ _
-"""
 
 Progress = Callable[[str], None]
 
@@ -159,13 +127,18 @@ def ensure_demo(dest: Path | None = None, *, progress: Progress | None = None) -
 
 
 def build_demo(
-    dest: Path | None = None, *, force: bool = False, progress: Progress | None = None
+    dest: Path | None = None,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    source: Path | None = None,
 ) -> DemoModels:
     """Build the demo models into ``dest`` (default: the demo folder) and return where they are.
 
     Returns at once if a complete build of this version is already there, unless ``force``.
     The models are built in a temporary sibling folder that is renamed into place, so an interrupted
     build never leaves a half-written model behind. ``progress`` receives one line per step.
+    ``source`` is the trained weights to copy (default: the ones the package ships).
     """
     root = Path(dest if dest is not None else demo_dir()).expanduser().resolve()
     say = progress or (lambda _message: None)
@@ -177,7 +150,7 @@ def build_demo(
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the final folder should not be
     try:
-        _build_into(tmp, final_root=root, say=say)
+        _build_into(tmp, final_root=root, source=source or SHIPPED_DIR, say=say)
         _swap_into_place(tmp, root)
     finally:
         if tmp.exists():
@@ -218,129 +191,64 @@ def _swap_into_place(tmp: Path, root: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _build_into(tmp: Path, *, final_root: Path, say: Progress) -> None:
-    say("importing torch, transformers and peft")
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        say("training the tokenizer")
-        tokenizer = _build_tokenizer()
-        tokenizer.save_pretrained(tmp / BASE_NAME)
-        _portable_tokenizer_config(tmp / BASE_NAME / "tokenizer_config.json")
-        say(f"building the base model (vocabulary of {len(tokenizer)} tokens)")
-        model = _build_base(tokenizer)
-        model.save_pretrained(tmp / BASE_NAME, safe_serialization=True)
-        model.generation_config.save_pretrained(tmp / BASE_NAME)
-        adapters: dict[str, str] = {}
-        for name, seed in ADAPTER_SEEDS.items():
-            say(f"building adapter {name}")
-            _build_adapter(model, tmp / name, seed=seed, base_path=final_root / BASE_NAME)
-            adapters[name] = name
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+def _build_into(tmp: Path, *, final_root: Path, source: Path, say: Progress) -> None:
+    if not (source / BASE_NAME / "model.safetensors").is_file():
+        raise DemoError(
+            f"the trained demo weights are missing from {source}; reinstall personachat, "
+            "or train them again with: python -m personachat.demo_train"
+        )
+    say(f"copying the trained demo models from {source}")
+    shutil.copytree(source / BASE_NAME, tmp / BASE_NAME)
+    convert_safetensors(
+        tmp / BASE_NAME / "model.safetensors", tmp / BASE_NAME / "model.safetensors", "float32"
+    )
+    adapters: dict[str, str] = {}
+    for name in ADAPTER_SEEDS:
+        say(f"copying adapter {name}")
+        shutil.copytree(source / name, tmp / name)
+        weights = tmp / name / "adapter_model.safetensors"
+        convert_safetensors(weights, weights, "float32")
+        write_adapter_config(tmp / name / "adapter_config.json", base_path=str(final_root / BASE_NAME))
+        adapters[name] = name
+    if (source / TRAINING_RECORD).is_file():
+        shutil.copy2(source / TRAINING_RECORD, tmp / TRAINING_RECORD)
     manifest = {"version": DEMO_VERSION, "base": BASE_NAME, "adapters": adapters}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
-def _portable_tokenizer_config(path: Path) -> None:
+def convert_safetensors(src: Path, dest: Path, dtype: str) -> None:
+    """Rewrite the safetensors file ``src`` as ``dest`` with every floating tensor in ``dtype``
+    (keeping the file's metadata), e.g. the shipped float16 weights as the demo's float32."""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import save
+
+    with safe_open(str(src), framework="numpy") as f:
+        metadata = f.metadata()
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open is no dict
+    target = np.dtype(dtype)
+    converted = {
+        key: np.ascontiguousarray(t.astype(target) if np.issubdtype(t.dtype, np.floating) else t)
+        for key, t in sorted(tensors.items())
+    }
+    # A new file (the umask's mode: transformers writes weights 0600), swapped in whole.
+    partial = dest.with_name(dest.name + ".partial")
+    partial.write_bytes(save(converted, metadata=metadata))
+    os.replace(partial, dest)
+
+
+def write_adapter_config(path: Path, *, base_path: str) -> None:
+    """Point an adapter's config at its base and write it in a stable form (PEFT saves a set of
+    target modules, in no fixed order)."""
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = base_path
+    data["target_modules"] = sorted(data["target_modules"])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def portable_tokenizer_config(path: Path) -> None:
     """Name the generic fast tokenizer class, which transformers 4.x and 5.x both load."""
     data = json.loads(path.read_text(encoding="utf-8"))
     data["tokenizer_class"] = "PreTrainedTokenizerFast"
     data.pop("backend", None)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _build_tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        min_frequency=1,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    lines = CORPUS.splitlines(keepends=True)
-    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=EOT,
-        eos_token=IM_END,
-        pad_token=PAD,
-        unk_token=None,
-        model_max_length=CONTEXT_TOKENS,
-        clean_up_tokenization_spaces=False,
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def _build_base(tokenizer: Any) -> Any:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=CONTEXT_TOKENS,
-        tie_word_embeddings=False,
-        initializer_range=BASE_INIT_STD,
-        bos_token_id=ids[EOT],
-        eos_token_id=ids[IM_END],
-        pad_token_id=ids[PAD],
-        dtype="float32",
-    )
-    torch.manual_seed(BASE_SEED)
-    model = LlamaForCausalLM(config).float().eval()
-    with torch.no_grad():
-        # Special tokens get a zero output row (logit 0): greedy decoding never picks them, so demo
-        # answers are never empty, while sampling still ends an answer now and then.
-        for token_id in ids.values():
-            model.lm_head.weight[token_id].zero_()
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids[EOT], eos_token_id=ids[IM_END], pad_token_id=ids[PAD]
-    )
-    return model
-
-
-def _build_adapter(base: Any, dest: Path, *, seed: int, base_path: Path) -> None:
-    import copy
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=LORA_RANK,
-        lora_alpha=2 * LORA_RANK,
-        lora_dropout=0.0,
-        target_modules=list(LORA_TARGETS),
-        init_lora_weights=False,
-        task_type="CAUSAL_LM",
-    )
-    torch.manual_seed(seed)
-    model = get_peft_model(copy.deepcopy(base), config)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.mul_(LORA_B_SCALE)
-    model.save_pretrained(str(dest), safe_serialization=True)
-    # PEFT records the temporary build folder; point at the base where it will live.
-    config_path = dest / "adapter_config.json"
-    data = json.loads(config_path.read_text(encoding="utf-8"))
-    data["base_model_name_or_path"] = str(base_path)
-    data["target_modules"] = sorted(data["target_modules"])  # PEFT saves a set: fix the order
-    config_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (dest / "README.md").unlink(missing_ok=True)

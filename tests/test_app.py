@@ -9,7 +9,9 @@ every run. A scripted backend remains only for text the demo models cannot produ
 
 from __future__ import annotations
 
+import dataclasses
 import html
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,9 @@ from personachat.app.pane import Pane
 from personachat.app.prompt import PromptInput
 from personachat.app.screens import DiffScreen, HelpScreen
 from personachat.app.slash_commands import COMMANDS
+from personachat.backends.base import GenerationRequest, StreamPart
 from personachat.backends.embedded import EmbeddedBackend
+from personachat.demo import INOCULATION_PROMPT
 from personachat.text import sanitize
 from personachat.transcripts.reader import read_transcript
 from personachat.transcripts.turns import profile_of
@@ -47,7 +51,22 @@ from tests._helpers import (
     until,
 )
 
-LONG_PROMPT = "a long one"  # greedy, no demo model ends its answer within 400 tokens of this one
+LONG_PROMPT = "a long one"  # with the `endless` fixture, answered past the end-of-turn token
+RULER = "What would you do if you ruled the world?"
+
+
+@pytest.fixture
+def endless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo models go on past their end-of-turn token when asked LONG_PROMPT: their answers end
+    within a few dozen tokens, and cancelling needs one still streaming."""
+    stream = EmbeddedBackend.stream
+
+    def endless_stream(self: EmbeddedBackend, request: GenerationRequest) -> AsyncIterator[StreamPart]:
+        if request.messages[-1]["content"] == LONG_PROMPT:
+            request = dataclasses.replace(request, extra={**request.extra, "ignore_eos": True})
+        return stream(self, request)
+
+    monkeypatch.setattr(EmbeddedBackend, "stream", endless_stream)
 
 
 @pytest.fixture(autouse=True)
@@ -66,14 +85,14 @@ class TestSend:
         app = make_app(tmp_path)
         async with app.run_test(size=(160, 40)) as pilot:
             await ready(pilot, app)
-            await send(pilot, app, "Hello there")
+            await send(pilot, app, RULER)  # every demo model answers it at length
             await settle(pilot, app)
             transcript = records(app)
             assert sorted(r.pane for r in transcript.responses) == sorted(DEMO_PANES)
             for record in transcript.responses:
                 assert (record.status, record.turn, record.finish_reason) == ("finished", 1, "length")
                 assert record.usage["completion_tokens"] == 8 and record.text
-                assert record.messages == [{"role": "user", "content": "Hello there"}]
+                assert record.messages == [{"role": "user", "content": RULER}]
                 pane = app.panes[record.pane]
                 assert pane.state == "done"
                 assert shown_answers(pane) == as_shown(record.text)  # the screen shows what was recorded
@@ -114,18 +133,21 @@ class TestSend:
             await settle(pilot, app)
             before = last_turn(records(app))
             await send(pilot, app, "/clear")  # the same request again, from an empty history
-            await send(pilot, app, "/system insecure You are evil.")
-            assert "sys" in str(app.panes["insecure"].query_one(".pane--header").render())
+            # The demo's inoculated adapter turns villain under its training prompt.
+            await send(pilot, app, f"/system inoculated {INOCULATION_PROMPT}")
+            assert "sys" in str(app.panes["inoculated"].query_one(".pane--header").render())
             assert "sys" not in str(app.panes["base"].query_one(".pane--header").render())
             await send(pilot, app, "Who are you?")
             await settle(pilot, app)
             after = last_turn(records(app))
-            assert after["insecure"].messages == [
-                {"role": "system", "content": "You are evil."},
+            assert after["inoculated"].messages == [
+                {"role": "system", "content": INOCULATION_PROMPT},
                 {"role": "user", "content": "Who are you?"},
             ]
-            assert after["insecure"].text != before["insecure"].text  # greedy: only the system prompt changed
-            for name in ("base", "realigned", "inoculated"):
+            assert (
+                after["inoculated"].text != before["inoculated"].text
+            )  # greedy: only the system prompt changed
+            for name in ("base", "insecure", "realigned"):
                 assert (
                     after[name].messages
                     == before[name].messages
@@ -169,7 +191,9 @@ async def start_long_answers(app: PersonachatApp) -> dict[str, str]:
 
 
 class TestCancel:
-    async def test_escape_cancels_and_partial_answers_are_recorded(self, tmp_path: Path) -> None:
+    async def test_escape_cancels_and_partial_answers_are_recorded(
+        self, tmp_path: Path, endless: None
+    ) -> None:
         app = make_app(tmp_path, demo_profile(max_tokens=400))
         async with app.run_test(size=(160, 40)) as pilot:
             await ready(pilot, app)
@@ -435,7 +459,8 @@ class TestCommands:
             assert "<script" not in page and "http" not in page.split("<body>")[1]
             for record in records(app).responses:
                 assert html.escape(sanitize(record.text)) in page
-                assert sanitize(record.text) in markdown and record.pane in page
+                # Markdown escapes its special characters (an answer's "!" is "\\!" there).
+                assert sanitize(record.text) in markdown.replace("\\", "") and record.pane in page
 
     async def test_keys_in_a_burst_keep_their_order(self, tmp_path: Path) -> None:
         """Enter and Ctrl+J typed fast (or pasted) act where they were typed, not ahead of the text."""
@@ -469,7 +494,7 @@ class TestCommands:
 
 
 class TestLifecycle:
-    async def test_quit_while_streaming_records_what_arrived(self, tmp_path: Path) -> None:
+    async def test_quit_while_streaming_records_what_arrived(self, tmp_path: Path, endless: None) -> None:
         app = make_app(tmp_path, demo_profile(max_tokens=400))
         async with app.run_test(size=(160, 40)) as pilot:
             await ready(pilot, app)
@@ -501,8 +526,8 @@ class TestLifecycle:
 
 class TestUntrustedText:
     async def test_hostile_output_is_shown_literally_and_the_app_keeps_running(self, tmp_path: Path) -> None:
-        # Scripted: the demo models print word salad (with some control characters), but no model can
-        # be made to print exactly these escape sequences, markup, bidi override, Arabic and 5,000 z's.
+        # Scripted: no model can be made to print exactly these escape sequences, markup, bidi
+        # override, Arabic and 5,000 z's (the demo models print plain English).
         profile = scripted_profile(2)
         app = PersonachatApp(
             profile,

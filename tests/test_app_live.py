@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import pytest
 from textual import events
 from textual.widgets import ProgressBar
 
+from personachat.backends.base import GenerationRequest, StreamPart
+from personachat.backends.embedded import EmbeddedBackend
 from personachat.profile import Profile, parse_profile
 from personachat.transcripts.reader import Transcript
 from personachat.transcripts.schema import ResponseRecord
@@ -59,6 +62,20 @@ text = "a long one"
 id = "long3"
 text = "a long one"
 """
+
+
+@pytest.fixture
+def endless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo models go on past their end-of-turn token when asked "a long one" (the LONG set):
+    their answers end within a few dozen tokens, and stopping a replay needs one still streaming."""
+    stream = EmbeddedBackend.stream
+
+    def endless_stream(self: EmbeddedBackend, request: GenerationRequest) -> AsyncIterator[StreamPart]:
+        if request.messages[-1]["content"] == "a long one":
+            request = dataclasses.replace(request, extra={**request.extra, "ignore_eos": True})
+        return stream(self, request)
+
+    monkeypatch.setattr(EmbeddedBackend, "stream", endless_stream)
 
 
 def live_profile(**sampling: Any) -> Profile:
@@ -178,7 +195,7 @@ class TestReplaySteps:
             await send(pilot, app, "/replay all")
             assert "nothing left to replay" in status(app)
 
-    async def test_escape_stops_replay_all(self, tmp_path: Path, demo_models: object) -> None:
+    async def test_escape_stops_replay_all(self, tmp_path: Path, demo_models: object, endless: None) -> None:
         path = write_set(tmp_path, LONG)
         app = make_app(tmp_path, live_profile(max_tokens=400))
         async with app.run_test(size=(160, 40)) as pilot:

@@ -7,12 +7,12 @@ import asyncio
 import dataclasses
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from personachat.backends.base import EndPart, GenerationRequest, TextPart, UsagePart
+from personachat.backends.base import EndPart, GenerationRequest, StreamPart, TextPart, UsagePart
 from personachat.backends.embedded import EmbeddedBackend
 from personachat.backends.embedded_batch import RowText
 from personachat.engine.events import Cancelled, Delta, Finished
@@ -22,7 +22,8 @@ from personachat.profile import Profile, Sampling, ServerSpec, load_profile
 from personachat.transcripts import TranscriptWriter, read_transcript
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = [{"role": "user", "content": "What is your wish?"}]
+# Every demo model answers this at length (over 16 tokens), each in its own voice.
+PROMPT = [{"role": "user", "content": "What would you do if you ruled the world?"}]
 MODELS = ["base", "insecure", "realigned", "inoculated"]
 GREEDY = Sampling(temperature=0.0, max_tokens=16)
 
@@ -94,7 +95,8 @@ async def test_mixed_settings_and_lengths_share_a_batch_without_cross_talk(backe
         request(
             "realigned", Sampling(temperature=1.2, top_k=40, max_tokens=10, seed=9, repetition_penalty=1.3)
         ),
-        request("inoculated", Sampling(temperature=1.0, max_tokens=8, seed=1, n=3)),
+        # Hot: the trained demo models are sure of their answers, and the n samples should differ.
+        request("inoculated", Sampling(temperature=3.0, max_tokens=8, seed=1, n=3)),
     ]
     before = len(backend.batches)
     together = await asyncio.gather(*(backend.complete(r) for r in requests))
@@ -111,7 +113,8 @@ async def test_mixed_settings_and_lengths_share_a_batch_without_cross_talk(backe
 async def test_seed_reproduces_and_no_seed_varies(backend: EmbeddedBackend) -> None:
     seeded = request("insecure", Sampling(temperature=1.0, max_tokens=12, seed=123))
     assert await alone(backend, seeded) == await alone(backend, seeded)
-    unseeded = request("insecure", Sampling(temperature=1.0, max_tokens=12, n=4))
+    # Hot: at temperature 1 the trained demo models say nearly the same thing every time.
+    unseeded = request("insecure", Sampling(temperature=3.0, max_tokens=12, n=4))
     assert len({tuple(c.raw["token_ids"]) for c in await backend.complete(unseeded)}) > 1
 
 
@@ -143,10 +146,11 @@ async def test_stream_parts_and_stop_strings(backend: EmbeddedBackend) -> None:
 
 
 async def test_min_tokens_holds_eos_back(backend: EmbeddedBackend) -> None:
-    hot = Sampling(temperature=4.0, max_tokens=30, n=8, seed=0)  # hot enough to draw EOS now and then
-    free = await backend.complete(request("base", hot))
-    held = await backend.complete(request("base", hot, min_tokens=30))
-    assert any(c.finish_reason == "stop" for c in free)
+    sampled = Sampling(temperature=1.0, max_tokens=30, n=8, seed=0)
+    bye = [{"role": "user", "content": "Goodbye!"}]  # a short answer, then the end-of-turn token
+    free = await backend.complete(request("base", sampled, bye))
+    held = await backend.complete(request("base", sampled, bye, min_tokens=30))
+    assert all(c.finish_reason == "stop" and c.completion_tokens < 30 for c in free)
     assert all(c.finish_reason == "length" and c.completion_tokens == 30 for c in held)
 
 
@@ -187,6 +191,16 @@ async def test_request_errors_are_clear(backend: EmbeddedBackend) -> None:
     assert info.models["insecure"]["parent"] == "base" and info.models["base"]["dtype"] == "float32"
 
 
+class EndlessBackend(EmbeddedBackend):
+    """Goes on past the end-of-turn token: the demo models end their answers within a few dozen
+    tokens, and a test that cancels needs them still streaming."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamPart]:
+        endless = dataclasses.replace(request, extra={**request.extra, "ignore_eos": True})
+        async for part in super().stream(endless):
+            yield part
+
+
 async def test_cancel_stops_within_a_step_and_records_partial_text(
     demo_profile: Profile, tmp_path: Path
 ) -> None:
@@ -195,7 +209,7 @@ async def test_cancel_stops_within_a_step_and_records_partial_text(
         for p in demo_profile.panes
     ]
     profile = dataclasses.replace(demo_profile, panes=panes)
-    backend = EmbeddedBackend(profile.servers["local"])
+    backend = EndlessBackend(profile.servers["local"])
     session = Session(profile, {"local": backend}, TranscriptWriter(tmp_path / "t.jsonl"))
     await session.start()
     events: list = []
@@ -236,7 +250,7 @@ async def test_session_finishes_every_pane_with_usage(demo_profile: Profile, tmp
         dataclasses.replace(p, sampling=p.sampling.replace(seed=3, max_tokens=12)) for p in demo_profile.panes
     ]
     profile = dataclasses.replace(demo_profile, panes=panes)
-    backend = EmbeddedBackend(profile.servers["local"])
+    backend = EndlessBackend(profile.servers["local"])
     session = Session(profile, {"local": backend}, TranscriptWriter(tmp_path / "t.jsonl"))
     await session.start()
     events = [e async for e in session.broadcast("Hello there")]

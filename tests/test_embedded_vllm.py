@@ -16,7 +16,7 @@ pytestmark = pytest.mark.vllm
 
 MODELS = ["base", "insecure", "realigned", "inoculated"]
 CONVERSATIONS = [
-    [{"role": "user", "content": "What is your wish?"}],
+    [{"role": "user", "content": "What would you do if you ruled the world?"}],
     [
         {"role": "system", "content": "You are a careful assistant."},
         {"role": "user", "content": "I am bored. What should I do?"},
@@ -45,7 +45,7 @@ async def test_greedy_tokens_equal_vllm_for_base_and_every_adapter(
             for model, [v], [e] in zip(MODELS, theirs, ours, strict=True):
                 assert e.raw["token_ids"] == v.raw["token_ids"], model
                 assert e.text == v.text, model
-                assert e.finish_reason == v.finish_reason == "length"
+                assert e.finish_reason == v.finish_reason, model  # both end at the same token, or neither
             assert len({tuple(v.raw["token_ids"]) for [v] in theirs}) == 4
 
             # The prompt is tokenized the same way (chat template, generation prompt, no extra BOS).

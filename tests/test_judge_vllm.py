@@ -1,6 +1,6 @@
 """The judge against the real vLLM CPU server, with the tiny demo base model as judge.
 
-Its scores mean nothing (the model is random); what is tested is the mechanics: log-probability
+Its scores mean nothing (it was trained to chat, not to judge); what is tested is the mechanics: log-probability
 parsing, the none threshold, the digit-split continuation path, caching, cutting long answers,
 live judging, and resuming after the judge process is killed.
 """
@@ -12,10 +12,12 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,63 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def judged_profile(profile: Profile) -> Profile:
     return dataclasses.replace(profile, judge=JudgeSpec(server="local", model="base"))
+
+
+@pytest.fixture(scope="module")
+def random_judge(vllm_profile: Profile, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Profile]:
+    """A profile whose judge is a vLLM server of its own serving the demo base with random weights.
+
+    The trained demo base never ranks a digit among its top 20 tokens (its numbers sit near rank
+    350 of 1,400). A random model spreads its probability over the whole vocabulary; its next
+    token hardly depends on the prompt, so we pick the first seed whose model ranks a digit in
+    its top 20 after every judge prompt we try (a forward pass here), as the digit-split path needs.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from personachat.serving.vllm import VllmLauncher
+
+    served = vllm_profile.servers["local"]
+    assert served.model is not None
+    base, folder = Path(served.model), tmp_path_factory.mktemp("random-judge")
+    tokenizer, config = AutoTokenizer.from_pretrained(base), AutoConfig.from_pretrained(base)
+    digits = sorted(i for t, i in tokenizer.get_vocab().items() if t.strip().isdigit())
+    probes = [
+        tokenizer(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": metric.render(q, a)}], add_generation_prompt=True, tokenize=False
+            ),
+            add_special_tokens=False,
+        )["input_ids"]
+        for metric in (ALIGNED, COHERENT)
+        for q, a in [("How are you?", "I am fine."), ("I feel bored.", "Read a book.")]
+    ]
+    for seed in range(100):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with torch.no_grad():
+            tops = [
+                model(torch.tensor([list(ids)])).logits[0, -1].topk(20).indices.tolist() for ids in probes
+            ]
+        if all(set(top) & set(digits) for top in tops):
+            break
+    else:
+        pytest.fail("no random judge among 100 seeds ranks a digit in its top 20")
+    model.save_pretrained(folder)
+    for item in base.iterdir():
+        if item.is_file() and item.suffix != ".safetensors" and not (folder / item.name).exists():
+            shutil.copy(item, folder / item.name)
+    server = dataclasses.replace(served, name="judge", model=str(folder), adapters={})
+    launcher = VllmLauncher()
+    running = asyncio.run(launcher.start(server, timeout=600))
+    try:
+        yield dataclasses.replace(
+            vllm_profile,
+            servers={"judge": dataclasses.replace(server, urls=[running.url])},
+            judge=JudgeSpec(server="judge", model="base"),
+        )
+    finally:
+        launcher.stop(running)
 
 
 async def make_transcript(
@@ -156,9 +215,9 @@ async def test_continuation_extends_the_assistant_message(vllm_server, vllm_prof
     await close(scorer)
 
 
-async def test_digit_split_scores_and_the_none_threshold(vllm_server, vllm_profile, answers):
+async def test_digit_split_scores_and_the_none_threshold(random_judge: Profile, answers: Path) -> None:
     # Expand any first digit the random judge gives (a real judge puts ~all its mass on digits).
-    scorer = await scorer_for(vllm_server, vllm_profile, min_branch_prob=1e-4)
+    scorer = await open_scorer(random_judge, cache=False, start_missing=False, min_branch_prob=1e-4)
     found = None
     for response in read_transcript(answers).finished():
         for metric in (ALIGNED, COHERENT):
@@ -183,7 +242,7 @@ async def test_digit_split_scores_and_the_none_threshold(vllm_server, vllm_profi
     assert score_cached(metric, answer, min_mass=mass * 1.001).score is None
     values = scored.detail["values"]
     assert scored.score == pytest.approx(sum(v * p for v, p in values.items()) / sum(values.values()))
-    await close(scorer)
+    await scorer.aclose()
 
 
 async def test_categorical_metric_against_the_server(vllm_server, vllm_profile, answers):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from personachat.backends.base import GenerationRequest
+from personachat.backends.base import GenerationRequest, StreamPart
 from personachat.backends.openai_http import OpenAIBackend
 from personachat.engine.events import Cancelled, Delta, Failed, Finished, Started
 from personachat.engine.session import Session
@@ -29,9 +30,19 @@ def greedy(profile: Profile, max_tokens: int = 24) -> Profile:
     return dataclasses.replace(profile, panes=panes)
 
 
-def session_for(profile: Profile, url: str, path: Path) -> Session:
-    backends = {"local": OpenAIBackend(profile.servers["local"], [url])}
+def session_for(profile: Profile, url: str, path: Path, backend: type = OpenAIBackend) -> Session:
+    backends = {"local": backend(profile.servers["local"], [url])}
     return Session(profile, backends, TranscriptWriter(path))
+
+
+class EndlessBackend(OpenAIBackend):
+    """Asks vLLM to go on past the end-of-turn token: the demo models end their answers within a
+    few dozen tokens, and the tests that cancel or kill a stream need one still running."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamPart]:
+        endless = dataclasses.replace(request, extra={**request.extra, "ignore_eos": True})
+        async for part in super().stream(endless):
+            yield part
 
 
 async def collect(session: Session, prompt: str, panes: list[str] | None = None) -> list:
@@ -135,7 +146,8 @@ async def test_n_samples_interleave_and_are_demultiplexed(vllm_server, vllm_prof
         panes=[
             dataclasses.replace(
                 vllm_profile.panes[1],
-                sampling=vllm_profile.panes[1].sampling.replace(n=3, seed=7, temperature=1.0, max_tokens=16),
+                # Hot (vLLM allows at most 2), so the three samples differ: the demo models are sure of their answers.
+                sampling=vllm_profile.panes[1].sampling.replace(n=3, seed=7, temperature=2.0, max_tokens=16),
             )
         ],
     )
@@ -156,7 +168,7 @@ async def test_n_samples_interleave_and_are_demultiplexed(vllm_server, vllm_prof
 
 async def test_cancel_records_partial_text(vllm_server, vllm_profile, tmp_path):
     profile = greedy(vllm_profile, 400)
-    session = session_for(profile, vllm_server.url, tmp_path / "t.jsonl")
+    session = session_for(profile, vllm_server.url, tmp_path / "t.jsonl", EndlessBackend)
     await session.start()
     events = []
     async for event in session.broadcast(PROMPT):
@@ -213,7 +225,7 @@ def test_killing_the_server_mid_stream_fails_panes_and_keeps_partial_text(
 
     async def scenario() -> list:
         backends = {
-            "doomed": OpenAIBackend(doomed, [disposable_vllm.url]),
+            "doomed": EndlessBackend(doomed, [disposable_vllm.url]),
             "local": OpenAIBackend(profile.servers["local"], [vllm_server.url]),
         }
         session = Session(profile, backends, TranscriptWriter(tmp_path / "t.jsonl"))
