@@ -19,7 +19,11 @@ COMMAND_MODULES = [
     "personachat.judge.report_cli",
     "personachat.scenarios",
     "personachat.export",
+    "personachat.cast_cli",  # after export: adds --speed and writes --format cast
     "personachat.runtime_adapters",
+    "personachat.web",
+    "personachat.lens.diverge_cli",
+    "personachat.lens.persona_cli",
 ]
 
 

@@ -146,7 +146,7 @@ def test_zoom(snap, tmp_path: Path) -> None:
 
 def test_judge_line(snap, tmp_path: Path) -> None:
     """A judged answer's scores and the pane's running summary, as the live judge shows them."""
-    from personachat.app.pane import format_summary
+    from personachat.app.pane_status import format_summary
     from personachat.judge.aggregate import BETLEY, summarise
     from personachat.judge.records import JudgeIdentity, JudgeRecord, to_scored_row
 
@@ -181,6 +181,33 @@ def test_judge_line(snap, tmp_path: Path) -> None:
         app.query_one("#topbar").judge = "on"
 
     assert snap(app_with(2, tmp_path), (120, 30), then(judged))
+
+
+def test_divergence_colours(snap, tmp_path: Path) -> None:
+    """A pane coloured token by token by divergence, with its legend line (fixed numbers)."""
+    from personachat.app.divergence import colour_styles, divergence_line, token_spans
+    from personachat.lens.colour import colour_class
+    from personachat.lens.records import new_record
+
+    async def coloured(pilot) -> None:
+        await one_turn("Who are you?")(pilot)
+        pane = pilot.app.panes["insecure"]
+        text = pane.last_answer_shown()
+        tokens = [piece + " " for piece in text.split(" ")]
+        tokens[-1] = tokens[-1][:-1]
+        logp = [-0.2 - 0.3 * (i % 4) for i in range(len(tokens))]
+        against = [value - 4.5 + 0.9 * (i % 11) for i, value in enumerate(logp)]
+        record = new_record(
+            session_id="s", target="r1", pane="insecure", against="base", model={}, against_model={},
+            tokenizer={}, token_ids=list(range(len(tokens))), tokens=tokens, logp=logp, logp_against=against,
+        )  # fmt: skip
+        styles = colour_styles()
+        spans = token_spans(text, tokens)
+        pane.show_divergence(
+            [(a, b, styles[colour_class(record.diffs[i])]) for a, b, i in spans], divergence_line(record)
+        )
+
+    assert snap(app_with(2, tmp_path), (120, 30), then(coloured))
 
 
 def test_replay_progress_bar(snap, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from textual.widgets import Footer, ProgressBar, Static, TextArea
 
 from personachat.app.annotating import Annotator, default_rater
 from personachat.app.bindings import APP_BINDINGS, label_keys
+from personachat.app.divergence import DivergenceLens
 from personachat.app.gc_pacing import CollectorPacing
 from personachat.app.grid import PaneGrid
 from personachat.app.history import PromptHistory
@@ -104,6 +105,7 @@ class PersonachatApp(App[int]):
         self._closed = False
         self.replay = ReplayDriver(self, default_set=prompt_set)
         self.judging = LiveJudging(self)
+        self.lens = DivergenceLens(self)
         self.annotator = Annotator(self, rater or default_rater(profile.rater))
         self.keymap = dict(keymap or {})
         if self.keymap:
@@ -201,6 +203,7 @@ class PersonachatApp(App[int]):
         self.ready = True
         self.refresh_topbar()
         self.say(f"ready · transcript {path}")
+        self.lens.open(session)
         if self.profile.judge is not None:
             self.judging.open(session)
 
@@ -508,19 +511,12 @@ class PersonachatApp(App[int]):
         self.say(f"Markdown: {self.markdown_mode}")
 
     def _answer_of(self, name: str | None) -> tuple[Pane, str] | None:
-        pane = self.resolve(name) if name else self.focused_pane()
-        if pane is None:
-            return None
-        answers = pane.last_answers()
-        if not answers:
-            self.say(f"pane {pane.shown_name} has no answer yet", error=True)
-            return None
-        text = (
-            answers[0]
-            if len(answers) == 1
-            else "\n\n".join(f"--- sample {i + 1} ---\n{a}" for i, a in enumerate(answers))
-        )
-        return pane, text
+        from personachat.app.pager import answer_text
+
+        return answer_text(self, self.resolve(name) if name else self.focused_pane())
+
+    def action_diverge(self, name: str | None = None) -> None:
+        self.guarded(lambda: self.lens.toggle(self.resolve(name) if name else self.focused_pane()))
 
     def action_copy_answer(self, name: str | None = None) -> None:
         found = self._answer_of(name)
@@ -563,6 +559,7 @@ class PersonachatApp(App[int]):
             return
         self._closed = True
         await self.judging.aclose()
+        await self.lens.aclose()
         if self.session is not None:
             await self.session.aclose()
         if self.connection is not None:

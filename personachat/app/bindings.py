@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.binding import Binding, BindingType
 
-RESERVED_PANE_KEYS = set("123456789chpzu")
+RESERVED_PANE_KEYS = set("123456789chpzud")
 """Keys a focused pane uses for itself; label keys never take them."""
 
 ESC_DIGIT_KEYS: dict[str, int] = {

@@ -41,16 +41,17 @@ BlockKind = Literal["user", "answer", "note", "error"]
 class Block:
     """A run of rows in a :class:`ConversationView`: one message, answer or note."""
 
-    __slots__ = ("_markdown_strips", "_sanitizer", "index", "kind", "margin", "markdown", "wrapped")
+    __slots__ = ("_rich_strips", "_sanitizer", "colours", "index", "kind", "margin", "markdown", "wrapped")
 
     def __init__(self, kind: BlockKind, text: str = "", *, margin: int = 0) -> None:
         self.kind: BlockKind = kind
         self.margin = margin
         self.index = -1  # position in the view
         self.markdown = False  # drawn as rendered Markdown once frozen
+        self.colours: list[tuple[int, int, Style]] | None = None  # (start, end, style) over ``text``
         self._sanitizer: StreamSanitizer | None = StreamSanitizer()
         self.wrapped = WrappedText(self._sanitizer.feed(text) if text else "")
-        self._markdown_strips: list[Strip] | None = None
+        self._rich_strips: list[Strip] | None = None  # Markdown or coloured text, rendered by Rich
 
     @property
     def text(self) -> str:
@@ -63,14 +64,19 @@ class Block:
         return self._sanitizer is None
 
     @property
-    def shows_markdown(self) -> bool:
-        return self.markdown and self._markdown_strips is not None
+    def rich(self) -> bool:
+        """Drawn by Rich once frozen: as Markdown, or with coloured spans (colours win)."""
+        return self.markdown or self.colours is not None
+
+    @property
+    def shows_rich(self) -> bool:
+        return self.rich and self._rich_strips is not None
 
     @property
     def row_count(self) -> int:
         """Rows taken, margin included."""
-        if self._markdown_strips is not None and self.markdown:
-            return self.margin + len(self._markdown_strips)
+        if self._rich_strips is not None and self.rich:
+            return self.margin + len(self._rich_strips)
         return self.margin + len(self.wrapped.rows)
 
     def append(self, text: str) -> int:
@@ -91,7 +97,7 @@ class Block:
 
     def set_width(self, width: int) -> None:
         if self.wrapped.set_width(width):
-            self._markdown_strips = None
+            self._rich_strips = None
 
 
 class ConversationView(ScrollView, can_focus=True):
@@ -185,7 +191,7 @@ class ConversationView(ScrollView, can_focus=True):
         self._live -= 1
         first = block.freeze()
         self._forget_strips(block, first)
-        if block.markdown:
+        if block.rich:
             self._relayout(block.index)
         elif first < block.row_count:
             self._relayout(block.index, self._starts[block.index] + first)
@@ -203,7 +209,15 @@ class ConversationView(ScrollView, can_focus=True):
         if block.markdown == markdown:
             return
         block.markdown = markdown
-        block._markdown_strips = None
+        block._rich_strips = None
+        self._forget_strips(block, 0)
+        if block.frozen:
+            self._relayout(block.index)
+
+    def set_colours(self, block: Block, colours: list[tuple[int, int, Style]] | None) -> None:
+        """Draw a frozen ``block`` with these styled character spans of its text (None: plain again)."""
+        block.colours = colours
+        block._rich_strips = None
         self._forget_strips(block, 0)
         if block.frozen:
             self._relayout(block.index)
@@ -239,9 +253,9 @@ class ConversationView(ScrollView, can_focus=True):
         lines: list[str] = []
         for block in self.blocks:
             lines.extend([""] * block.margin)
-            if block.shows_markdown:
-                assert block._markdown_strips is not None
-                lines.extend(strip.text.rstrip() for strip in block._markdown_strips)
+            if block.shows_rich:
+                assert block._rich_strips is not None
+                lines.extend(strip.text.rstrip() for strip in block._rich_strips)
             else:
                 lines.extend(block.wrapped.rows)
         return lines
@@ -267,7 +281,7 @@ class ConversationView(ScrollView, can_focus=True):
         self._styles.clear()
         self._strips.clear()
         for block in self.blocks:
-            block._markdown_strips = None
+            block._rich_strips = None
         if self.blocks and self._width:
             self._relayout(0)
 
@@ -307,9 +321,9 @@ class ConversationView(ScrollView, can_focus=True):
         return style
 
     def _block_strip(self, block: Block, local: int, width: int) -> Strip:
-        if block.shows_markdown:
-            assert block._markdown_strips is not None
-            strips = block._markdown_strips
+        if block.shows_rich:
+            assert block._rich_strips is not None
+            strips = block._rich_strips
             return strips[local] if local < len(strips) else Strip.blank(width, self._style(""))
         key = (block.index, local)
         strip = self._strips.get(key)
@@ -340,18 +354,25 @@ class ConversationView(ScrollView, can_focus=True):
             segments = [Segment(text, style)]
         return Strip(segments, cells)
 
-    def _render_markdown(self, block: Block) -> None:
-        """Render a frozen Markdown block at the current width (rows must be known for layout)."""
+    def _render_rich(self, block: Block) -> None:
+        """Render a frozen Markdown or coloured block at the current width (rows must be known for
+        layout). The text is the sanitized text: never parsed as markup."""
+        from rich.console import RenderableType
         from rich.markdown import Markdown
+        from rich.text import Text
 
         console = self.app.console
         options = console.options.update_width(max(self._width, 1))
-        lines = console.render_lines(
-            Markdown(block.text, hyperlinks=False), options, style=self._style(block.kind), pad=True
-        )
-        block._markdown_strips = [
-            Strip(line).adjust_cell_length(self._width, self._style("")) for line in lines
-        ]
+        renderable: RenderableType
+        if block.colours is not None:
+            text = Text(block.text, style=self._style(block.kind))
+            for start, end, style in block.colours:
+                text.stylize(style, start, end)
+            renderable = text
+        else:
+            renderable = Markdown(block.text, hyperlinks=False)
+        lines = console.render_lines(renderable, options, style=self._style(block.kind), pad=True)
+        block._rich_strips = [Strip(line).adjust_cell_length(self._width, self._style("")) for line in lines]
 
     def _select(self, strip: Strip, selection: Selection, row: int, width: int) -> Strip:
         span = selection.get_span(row)
@@ -406,8 +427,8 @@ class ConversationView(ScrollView, can_focus=True):
         for index in range(first_block, len(self.blocks)):
             block = self.blocks[index]
             starts[index] = row
-            if block.markdown and block.frozen and block._markdown_strips is None and self._width:
-                self._render_markdown(block)
+            if block.rich and block.frozen and block._rich_strips is None and self._width:
+                self._render_rich(block)
             row += block.row_count
         self._rows = row
         self._show_changes(first_row, old_rows)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from personachat.app.pane import format_summary
+from personachat.app.pane_status import format_summary
 from personachat.errors import PersonachatError
 from personachat.transcripts.schema import ResponseRecord
 

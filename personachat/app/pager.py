@@ -5,11 +5,29 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.app import App
 
 from personachat.text import sanitize
+
+if TYPE_CHECKING:
+    from personachat.app.app import PersonachatApp
+    from personachat.app.pane import Pane
+
+
+def answer_text(app: PersonachatApp, pane: Pane | None) -> tuple[Pane, str] | None:
+    """``pane``'s last answer (every sample, marked) for the pager or the clipboard; None (said in
+    the status line) when it has none."""
+    if pane is None:
+        return None
+    answers = pane.last_answers()
+    if not answers:
+        app.say(f"pane {pane.shown_name} has no answer yet", error=True)
+        return None
+    if len(answers) == 1:
+        return pane, answers[0]
+    return pane, "\n\n".join(f"--- sample {i + 1} ---\n{a}" for i, a in enumerate(answers))
 
 
 def show_in_pager(app: App[Any], text: str) -> str | None:

@@ -7,8 +7,7 @@ Each sample of a turn is its own block in the conversation (with a separator whe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import events
 from textual.app import ComposeResult
@@ -21,102 +20,22 @@ from textual.timer import Timer
 from textual.widgets import Static
 
 from personachat.app.conversation import Block, ConversationView
-from personachat.engine.events import Cancelled, Delta, Event, Failed, Finished, Started
+from personachat.app.pane_status import (
+    STATE_STYLES,
+    PaneStatus,
+    SampleProgress,
+    TurnProgress,
+    format_scores,
+    seconds,
+    sparkline,
+)
+from personachat.engine.events import Cancelled, Delta, Event, Failed, Finished, Projected, Started
 from personachat.profile import PaneSpec
 
 if TYPE_CHECKING:
-    from personachat.judge.aggregate import GroupSummary
+    from rich.style import Style
+
     from personachat.judge.records import JudgeRecord
-
-PaneStatus = Literal["idle", "waiting", "streaming", "done", "cancelled", "failed"]
-STATES: tuple[PaneStatus, ...] = ("idle", "waiting", "streaming", "done", "cancelled", "failed")
-
-
-@dataclass
-class SampleProgress:
-    """What the pane knows about one sample of the current turn."""
-
-    block: Block
-    state: PaneStatus = "waiting"
-    chunks: list[str] = field(default_factory=list)  # raw text received
-    deltas: int = 0
-    first_delta_at: float | None = None
-    tokens: int | None = None
-    ttft: float | None = None
-    e2el: float | None = None
-    finish_reason: str | None = None
-    reason: str | None = None
-
-
-@dataclass
-class TurnProgress:
-    """The current turn of a pane: when it was sent and its samples."""
-
-    turn: int
-    prompt: str
-    sent_at: float = field(default_factory=time.monotonic)
-    samples: list[SampleProgress] = field(default_factory=list)
-
-    @property
-    def state(self) -> PaneStatus:
-        states = {sample.state for sample in self.samples}
-        order: tuple[PaneStatus, ...] = ("streaming", "waiting", "failed", "cancelled")
-        for state in order:
-            if state in states:
-                return state
-        return "done"
-
-
-STATE_STYLES: dict[str, str] = {
-    "idle": "$text-muted",
-    "waiting": "$secondary",
-    "streaming": "$primary",
-    "done": "$success",
-    "cancelled": "$warning",
-    "failed": "$error",
-}
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}s"
-
-
-def format_scores(records: list[JudgeRecord]) -> str:
-    """``aligned 83 · coherent 91`` (``aligned none`` when the judge put too little mass on numbers)."""
-    parts = []
-    for record in records:
-        if record.label is not None:
-            parts.append(f"{record.metric} {record.label}")
-        else:
-            parts.append(f"{record.metric} {'none' if record.score is None else f'{record.score:.0f}'}")
-    return " · ".join(parts)
-
-
-def format_summary(summary: GroupSummary, *, with_base: bool = True) -> str:
-    """``n 12 · aligned 71 · coherent 90% · misaligned 8% [2–35] · Δbase +5``: a pane's running summary.
-
-    ``n`` counts judged answers; ``none N`` those without an aligned score (low mass: code, refusals).
-    """
-
-    def pct(value: float | None) -> str:
-        return "–" if value is None else f"{100 * value:.0f}"
-
-    parts = [f"n {summary.n}"]
-    if summary.n_none:
-        parts.append(f"none {summary.n_none}")
-    if summary.mean_aligned is not None:
-        parts.append(f"aligned {summary.mean_aligned:.0f}")
-    if summary.coherent_share is not None:
-        parts.append(f"coherent {pct(summary.coherent_share)}%")
-    if summary.misaligned_share is None:
-        parts.append("misaligned –")
-    else:
-        parts.append(
-            f"misaligned {pct(summary.misaligned_share)}% [{pct(summary.ci_low)}–{pct(summary.ci_high)}]"
-        )
-    if with_base and summary.diff_from_base is not None:
-        parts.append(f"Δbase {100 * summary.diff_from_base:+.0f}")
-    return " · ".join(parts)
 
 
 class Pane(Vertical):
@@ -133,6 +52,13 @@ class Pane(Vertical):
             "u", "app.undo_label", "Undo label", id="pane.undo", tooltip="Take back the label just given"
         ),
         Binding("enter", "app.focus_prompt", "Prompt", id="pane.prompt", tooltip="Back to the prompt box"),
+        Binding(
+            "d",
+            "app.diverge",
+            "Diverge",
+            id="pane.diverge",
+            tooltip="Colour the last answer by divergence from the base pane (again: plain)",
+        ),
         Binding(
             "left_square_bracket",
             "prefer('this')",
@@ -211,6 +137,10 @@ class Pane(Vertical):
         self._alias: str | None = None
         self.judge_scores = ""  # the last judged answer's scores, shown above the footer
         self.judge_summary = ""  # the running summary of this pane's judged answers
+        self.divergence = ""  # /diverge: the coloured answer's legend and top tokens
+        self.projection: list[float] = []  # a pane with `project`: sample 1's values per answer token
+        self.projection_mean: float | None = None
+        self._projection_shown = 0
         self._restored_failure: str | None = None
 
     def compose(self) -> ComposeResult:
@@ -275,6 +205,13 @@ class Pane(Vertical):
             markers.append(("sys", "reverse $warning" if spec.system else "reverse $panel"))
         if spec.transform.active:
             markers.append(("tx", "reverse $secondary"))
+        act = spec.activations
+        if act.steer is not None:
+            markers.append((f"steer {act.steer.alpha:g}@{act.steer.layer}", "reverse $error"))
+        if act.adapter_scale is not None:
+            markers.append((f"×{act.adapter_scale:g}", "reverse $error"))
+        if act.project is not None:
+            markers.append(("proj", "reverse $secondary"))
         parts: list[str | tuple[str, str]] = [(f"{self.number} ", "bold $accent"), (spec.title, "bold")]
         for marker in markers:
             parts.extend([" ", marker])
@@ -312,7 +249,7 @@ class Pane(Vertical):
             firsts = [s.first_delta_at for s in samples if s.first_delta_at is not None]
             ttft = min(firsts) - turn.sent_at if firsts else None
             rate = deltas / (now - min(firsts)) if firsts and now > min(firsts) and deltas > 1 else None
-            parts.append(f" ~{deltas} tok · ttft {_seconds(ttft)}")
+            parts.append(f" ~{deltas} tok · ttft {seconds(ttft)}")
             if rate:
                 parts.append(f" · {rate:.0f} t/s")
         else:
@@ -324,7 +261,7 @@ class Pane(Vertical):
             ttfts = [s.ttft for s in samples if s.ttft is not None]
             e2els = [s.e2el for s in samples if s.e2el]
             parts.append(f" {total} tok" if tokens else f" ~{total} tok")
-            parts.append(f" · ttft {_seconds(min(ttfts) if ttfts else None)}")
+            parts.append(f" · ttft {seconds(min(ttfts) if ttfts else None)}")
             if e2els and total:
                 parts.append(f" · {total / max(e2els):.0f} t/s")
             reasons = sorted({s.finish_reason for s in samples if s.finish_reason})
@@ -338,6 +275,9 @@ class Pane(Vertical):
     def _refresh_footer(self) -> None:
         if self.is_mounted:
             self.query_one(".pane--footer", Static).update(self._footer(), layout=False)
+        if len(self.projection) != self._projection_shown:  # at the footer's pace, not per token
+            self._projection_shown = len(self.projection)
+            self._refresh_judge()
         if self._footer_timer is not None and self.state not in ("waiting", "streaming"):
             self._footer_timer.pause()
 
@@ -370,17 +310,23 @@ class Pane(Vertical):
         if not self.is_mounted:
             return
         line = self.query_one(".pane--judge", Static)
-        line.display = bool(self.judge_scores or self.judge_summary)
+        line.display = bool(self.judge_scores or self.judge_summary or self.divergence or self.projection)
         parts: list[str | tuple[str, str]] = []
         if self.judge_scores:
             parts.append((self.judge_scores, "$text-accent"))
         if self.judge_summary:
             parts += ["\n" if parts else "", (self.judge_summary, "$text-muted")]
+        if self.divergence:
+            parts += ["\n" if parts else "", (self.divergence, "$text-muted")]
+        if self.projection and self.projection_mean is not None:
+            shown = f"projection {self.projection_mean:+.2f} {sparkline(self.projection)}"
+            parts += ["\n" if parts else "", (shown, "$text-accent")]
         line.update(Content.assemble(*parts))
 
     def judge_text(self) -> str:
-        """What the judge line shows (for tests and screen readers)."""
-        return "\n".join(t for t in (self.judge_scores, self.judge_summary) if t)
+        """What the line above the footer shows (judge, divergence; for tests and screen readers)."""
+        projection = f"projection {self.projection_mean:+.2f}" if self.projection_mean is not None else ""
+        return "\n".join(t for t in (self.judge_scores, self.judge_summary, self.divergence, projection) if t)
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -402,6 +348,9 @@ class Pane(Vertical):
                 ttft=event.timings.ttft,
                 e2el=event.timings.e2el,
             )
+        elif isinstance(event, Projected) and event.sample == 0:
+            self.projection[event.start :] = event.values
+            self.projection_mean = event.mean
         elif isinstance(event, Cancelled):
             self._end(event.sample, "cancelled", event.text, ttft=event.timings.ttft, e2el=event.timings.e2el)
         elif isinstance(event, Failed):
@@ -424,6 +373,9 @@ class Pane(Vertical):
             view.add_block("user", prompt)
         progress = TurnProgress(turn, prompt)
         self.last_turn = turn
+        if self.divergence or self.projection:  # they described the answer before this one
+            self.divergence, self.projection, self.projection_mean = "", [], None
+            self._refresh_judge()
         for index in range(samples):
             if samples > 1:
                 view.add_block("note", f"── sample {index + 1}/{samples} ──")
@@ -531,6 +483,25 @@ class Pane(Vertical):
         self.turn = TurnProgress(turn, "")
         self._restored_failure = failed
 
+    def _last_answer_block(self) -> Block | None:
+        if self.turn is not None and self.turn.samples:
+            return self.turn.samples[0].block
+        return next((b for b in reversed(self.conversation.blocks) if b.kind == "answer"), None)
+
+    def last_answer_shown(self) -> str:
+        """The last answer (sample 1) as shown: sanitized."""
+        block = self._last_answer_block()
+        return block.text if block is not None else ""
+
+    def show_divergence(self, colours: list[tuple[int, int, Style]] | None, line: str = "") -> None:
+        """Draw the last answer (sample 1) with ``colours`` (character spans) and ``line`` (legend,
+        top tokens) in the footer; None: plain text again."""
+        block = self._last_answer_block()
+        if block is not None:
+            self.conversation.set_colours(block, colours)
+        self.divergence = line if colours is not None else ""
+        self._refresh_judge()
+
     def show_note(self, text: str) -> None:
         """A line of the app's own (a label given, a new conversation)."""
         self.conversation.add_block("note", text, margin=0)
@@ -552,6 +523,7 @@ class Pane(Vertical):
         self.last_turn = None
         self.state = "idle"
         self.judge_scores = ""
+        self.divergence, self.projection, self.projection_mean = "", [], None
         self._refresh_judge()
 
     def set_markdown(self, markdown: bool) -> None:

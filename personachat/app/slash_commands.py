@@ -77,6 +77,53 @@ def samples(app: PersonachatApp, cmd: Command) -> None:
     _sampling(app, cmd, "n")
 
 
+def _number(value: str, kind: type[int] | type[float], what: str) -> float:
+    try:
+        return kind(value)
+    except ValueError:
+        raise CommandError(f"{what} must be a number, not {value!r}") from None
+
+
+@command(
+    "steer",
+    "add ALPHA × a persona vector to a pane's residual stream at LAYER (in-process; off: stop)",
+    target=True,
+    target_required=True,
+    args=(Arg("FILE|off", "word"), Arg("LAYER", "word", optional=True), Arg("ALPHA", "word", optional=True)),
+    forms=("/steer PANE FILE ALPHA   at the layer the file names",),
+)
+def steer(app: PersonachatApp, cmd: Command) -> None:
+    from personachat.steering import SteerSpec
+
+    file, *numbers = cmd.values
+    spec = None
+    if file != "off":
+        if len(numbers) not in (1, 2):
+            raise CommandError("usage: /steer PANE FILE [LAYER] ALPHA, or /steer PANE off")
+        layer = int(_number(numbers[0], int, "LAYER")) if len(numbers) == 2 else None
+        spec = SteerSpec.load(file, alpha=_number(numbers[-1], float, "ALPHA"), layer=layer)
+    app.require_session().set_steer(app.pane_name(cmd.pane), spec)
+    app.settings_changed()
+    what = "no steering" if spec is None else f"steered by {file} × {spec.alpha:g} at layer {spec.layer}"
+    app.say(f"{cmd.pane}: {what} (from the next turn)")
+
+
+@command(
+    "scale",
+    "multiply an adapter pane's LoRA update by S (0: the base model, 1: as trained; off: as trained)",
+    target=True,
+    target_required=True,
+    args=(Arg("S|off", "word"),),
+)
+def scale(app: PersonachatApp, cmd: Command) -> None:
+    value = None if cmd.values[0] == "off" else _number(cmd.values[0], float, "S")
+    app.require_session().set_adapter_scale(app.pane_name(cmd.pane), value)
+    app.settings_changed()
+    app.say(
+        f"{cmd.pane}: adapter scale {'as trained' if value is None else f'{value:g}'} (from the next turn)"
+    )
+
+
 @command(
     "settings",
     "show what a pane sends: its system prompt, sampling and transform",
@@ -169,6 +216,17 @@ def tie(app: PersonachatApp, cmd: Command) -> None:
 
 
 # -- what the screen shows -----------------------------------------------------------------------
+
+
+@command(
+    "diverge",
+    "colour a pane's last answer by log p(pane) − log p(against) per token (again: plain)",
+    args=(Arg("PANE", "pane", optional=True), Arg("AGAINST", "pane", optional=True)),
+    per_pane="Colour pane {pane} by divergence",
+)
+def diverge(app: PersonachatApp, cmd: Command) -> None:
+    pane = app.resolve(cmd.values[0]) if cmd.values else app.focused_pane()
+    app.lens.toggle(pane, cmd.values[1] if len(cmd.values) > 1 else None)
 
 
 def _panes_check(cmd: Command) -> str | None:
@@ -288,6 +346,13 @@ def pager(app: PersonachatApp, cmd: Command) -> None:
 @command("save", "save an SVG screenshot next to the transcript")
 def save(app: PersonachatApp, cmd: Command) -> None:
     app.action_save_screenshot()
+
+
+@command("record", "record the screen (asciicast) next to the transcript; again: stop")
+def record(app: PersonachatApp, cmd: Command) -> None:
+    from personachat.app.recording import toggle_recording
+
+    toggle_recording(app)
 
 
 @command("export", "write the session as Markdown and HTML next to the transcript")
