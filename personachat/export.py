@@ -296,12 +296,14 @@ def _judge_prompt(record: dict[str, Any] | None, response: Any) -> str:
 
 
 def _messages_jsonl(transcript: Any) -> str:
-    import orjson
+    """One conversation per line; C1, bidi and invisible controls escaped (``\\uXXXX``) as well as
+    C0, so that the file is safe to print and a JSON reader still gets every character back."""
+    from personachat.text import sanitize_json
 
     lines = []
     for r in transcript.finished():
         messages = [*r.messages, {"role": "assistant", "content": r.text}]
-        lines.append(orjson.dumps({"messages": messages}).decode())
+        lines.append(sanitize_json({"messages": messages}))
     return "".join(line + "\n" for line in lines)
 
 

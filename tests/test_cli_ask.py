@@ -87,3 +87,19 @@ def test_ask_unknown_pane_is_a_clear_error(tmp_path):
     ask = run("ask", "Hello", "--profile", PROFILE, "--panes", "nope", cwd=tmp_path)
     assert ask.returncode == 2
     assert "no pane named 'nope'" in ask.stderr and "Traceback" not in ask.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--temperature", "-1", "temperature must be >= 0"), ("--max-tokens", "0", "max_tokens")],
+)
+def test_ask_refuses_bad_sampling_before_any_request(tmp_path, flag, value, message):
+    # The profile names a server that does not exist: a request would fail differently.
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        'name = "p"\n[servers.s]\nkind = "openai"\nurl = "http://127.0.0.1:9"\n'
+        '[[panes]]\nname = "a"\nserver = "s"\nmodel = "m"\n'
+    )
+    ask = run("ask", "Hello", "--profile", str(profile), flag, value, cwd=tmp_path)
+    assert ask.returncode == 2 and message in ask.stderr and "Traceback" not in ask.stderr
+    assert "127.0.0.1:9" not in ask.stderr

@@ -67,6 +67,26 @@ class TestLlmcomp:
         hobby = prompt_set.item("hobby")
         assert hobby.system == "Answer in one sentence." and hobby.samples == 2
 
+    def test_a_free_form_judge_with_an_open_answer_never_becomes_a_score(self, tmp_path: Path) -> None:
+        # llmcomp's own example: a free-form judge that answers in one word. Read as a 0-100 score
+        # every answer would score none, silently; it must ask for its labels, and use them.
+        judge = (
+            "- name: animal_judge\n  type: free_form_judge\n  paraphrases:\n"
+            '    - "What animal does this answer mention? {answer} Answer with one word."\n'
+        )
+        question = "- name: q\n  type: free_form\n  paraphrases: [hi]\n  judges: {animal: animal_judge}\n"
+        path = tmp_path / "q.yaml"
+        path.write_text(question + judge)
+        out = subprocess.run(
+            [sys.executable, "-m", "personachat", "replay", str(path), "--dry-run"],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode != 0 and "Traceback" not in out.stderr
+        assert f"{path}:7" in out.stderr and "lists no answers" in out.stderr and "labels" in out.stderr
+        path.write_text(question + judge + "  labels: [cat, dog]\n")
+        assert dry_run(str(path))["metrics"]["animal"] == {"kind": "generated", "labels": ["cat", "dog"]}
+
     def test_a_judge_defined_nowhere_is_a_clear_error_with_its_line(self, tmp_path: Path) -> None:
         path = tmp_path / "q.yaml"
         path.write_text("- name: q\n  type: free_form\n  paraphrases: [hi]\n  judges: {x: nowhere_judge}\n")

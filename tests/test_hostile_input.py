@@ -178,6 +178,13 @@ class TestHostileFiles:
                 assert b"t.jsonl:4" in done.stdout + done.stderr, args  # the wrong-types record, by line
         cells = [cell for row in csv.reader(io.StringIO((tmp_path / "t.csv").read_text())) for cell in row]
         assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+        # messages-jsonl, to a file and through a pipe: nothing raw, every character back for a reader.
+        jsonl = tmp_path / "t.messages.jsonl"
+        assert run("export", str(path), "--format", "messages-jsonl", "-o", str(jsonl)).returncode == 0
+        piped = run("export", str(path), "--format", "messages-jsonl", "-o", "-")
+        assert piped.returncode == 0 and piped.stdout == jsonl.read_bytes() and clean(piped.stdout)
+        answers = [json.loads(line)["messages"][-1]["content"] for line in jsonl.read_text().splitlines()]
+        assert EVIL in "".join(answers)
 
     def test_hostile_prompt_set_names_in_replay_messages(self, tmp_path: Path) -> None:
         path = tmp_path / "set.toml"

@@ -8,6 +8,7 @@ A prompt set may say (``kind``, ``labels``); when it does not, the template's ow
 - a template that asks for a number from 0 to 100 is **score_0_100** (the EM method);
 - a template that lists the answers it accepts (``"TRUE" or "FALSE"``, ``YES / NO``) is
   **categorical**: the labels' probability on the judge's first token decides;
+- a template with labels given beside it (``labels``) is **categorical**;
 - anything else stays **score_0_100**, personachat's historic default.
 """
 
@@ -46,6 +47,13 @@ def listed_labels(template: str) -> tuple[str, ...]:
     return ()
 
 
+def open_answer(template: str) -> bool:
+    """Whether ``template`` neither asks for a number nor lists the answers it accepts."""
+    return not (
+        answer_lines(template) or _ASKS_A_NUMBER.search(template) or len(listed_labels(template)) >= 2
+    )
+
+
 def infer(name: str, prompt: JudgePrompt) -> tuple[JudgeKind, tuple[str, ...]]:
     """(kind, labels) for the metric ``name``; :class:`PersonachatError` when labels are needed and unknown."""
     template = prompt.template
@@ -55,7 +63,7 @@ def infer(name: str, prompt: JudgePrompt) -> tuple[JudgeKind, tuple[str, ...]]:
             kind = "generated"
         elif _ASKS_A_NUMBER.search(template):
             kind = "score_0_100"
-        elif len(listed_labels(template)) >= 2:
+        elif len(listed_labels(template)) >= 2 or prompt.labels:
             kind = "categorical"
         else:
             kind = "score_0_100"

@@ -103,17 +103,12 @@ def parse_prompt_set(data: bytes | str, path: str | Path, format: str) -> Prompt
     checker.raise_if_any(PromptSetError)
     if not items:
         raise PromptSetError([Problem(path, "contains no prompts")])
+    # The set-wide prompt of a metric is the first question's; a question with its own is judged
+    # with its own (judge.metrics.resolve_metrics), so differing ones need no warning.
     judge_prompts: dict[str, JudgePrompt] = {}
     for item in items:
         for metric, prompt in item.judge_prompts.items():
-            if metric not in judge_prompts:
-                judge_prompts[metric] = prompt
-            elif judge_prompts[metric].template != prompt.template:
-                checker.warn(
-                    f"question '{item.id}' has its own '{metric}' judge prompt; "
-                    "the set-wide judge_prompts keep the first one",
-                    line=item.line,
-                )
+            judge_prompts.setdefault(metric, prompt)
     return PromptSet(
         name=meta.get("name") or path.stem,
         path=path,

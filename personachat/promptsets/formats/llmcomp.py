@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from personachat.checking import Checker, Expected
+from personachat.judge.kinds import open_answer
 from personachat.promptsets.formats.common import Parsed, is_str_list, judge_prompt, nonempty
 from personachat.promptsets.formats.yaml_lines import load_yaml, yaml_error
 from personachat.promptsets.model import JudgePrompt, PromptItem
@@ -75,6 +76,13 @@ def _judge(checker: Checker, raw: dict[Any, Any], line: int, key: str) -> JudgeP
         checker.add("a judge has exactly one paraphrase: its prompt template", line=line, key=key)
         return None
     kind = JUDGE_TYPES.get(str(raw.get("type")))
+    if raw.get("type") == "free_form_judge" and (
+        raw.get("labels") is not None or open_answer(paraphrases[0])
+    ):
+        # llmcomp's free-form judge writes text. One with labels reads them from it; one whose
+        # template neither asks for a number nor lists its answers ("answer with one word") must
+        # not fall back to a 0-100 score: read as generated, it is a clear error asking for labels.
+        kind = "generated"
     return judge_prompt(
         checker,
         paraphrases[0],
