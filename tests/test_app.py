@@ -181,6 +181,11 @@ class TestSend:
             assert shown_answers(pane) == as_shown(*(r.text for r in samples))
             text = "\n".join(pane.conversation.rows_text())
             assert "sample 1/2" in text and "sample 2/2" in text
+            # /settings says what the pane now sends, as the records above show it was sent.
+            await send(pilot, app, "/settings insecure")
+            said = status(app)
+            assert "pane insecure" in said and "system none" in said and "transform none" in said
+            assert "t=1.5" in said and "max=5" in said and "seed=7" in said and "n=2" in said
 
 
 async def start_long_answers(app: PersonachatApp) -> dict[str, str]:

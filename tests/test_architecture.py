@@ -187,3 +187,13 @@ def test_architecture_doc_names_every_module() -> None:
 def test_no_module_is_over_600_lines() -> None:
     long = {name: n for name, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 600}
     assert long == {}
+
+
+def test_the_app_doc_lists_every_slash_command_and_no_other() -> None:
+    """docs/app.md's command table is written by hand: it names each command of the table once."""
+    from personachat.app.slash_commands import COMMANDS
+
+    doc = (ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    rows = [line for line in doc.splitlines() if line.startswith("| `/")]
+    named = {name for row in rows for name in re.findall(r"`/([a-z]+)", row.split(" | ")[0])}
+    assert named == {command.name for command in COMMANDS}
