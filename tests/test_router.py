@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,17 @@ async def test_replicas_behind_vllm_router(demo_models: Any, tmp_path: Path) -> 
     try:
         assert len(state["workers"]) == 2 and len(state["pids"]) == 3
         assert f"ready at {state['url']} (vllm-router over" in served.stdout
+        # Each worker has its own GPU, its own share of the CPU cores (vLLM's CPU build binds every
+        # worker's threads to the same cores otherwise) and OpenMP threads that sleep when idle.
+        environs = [dict(
+            item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
+        ) for pid in state["pids"][:2]]  # fmt: skip
+        assert [e["CUDA_VISIBLE_DEVICES"] for e in environs] == ["0", "1"]
+        assert [e["OMP_WAIT_POLICY"] for e in environs] == ["PASSIVE", "PASSIVE"]
+        cores = sorted(os.sched_getaffinity(0))
+        share = len(cores) // 2
+        expected = [",".join(map(str, cores[:share])), ",".join(map(str, cores[share : 2 * share]))]
+        assert [e.get("VLLM_CPU_OMP_THREADS_BIND") for e in environs] == (expected if share else [None, None])
 
         # Through the router, an answer is the one a worker gives directly.
         asked = personachat(
@@ -121,13 +133,13 @@ async def test_replicas_behind_vllm_router(demo_models: Any, tmp_path: Path) -> 
             ],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        deadline, done = time.monotonic() + 300, 0
+        while time.monotonic() < deadline and done < 20:
             written = list((tmp_path / "r").glob("*.jsonl"))
-            if written and written[0].read_text().count('"type": "response"') >= 20:
-                break
-            time.sleep(0.1)
+            done = len(re.findall(r'"type":\s*"response"', written[0].read_text())) if written else 0
+            time.sleep(0.05)
         os.killpg(state["pids"][1], signal.SIGKILL)
+        assert 20 <= done < 30 * 3 * 2, done  # killed midway: jobs were left for the other worker
         output, _ = replay.communicate(timeout=300)
         assert replay.returncode == 0, output
         [transcript] = (tmp_path / "r").glob("*.jsonl")

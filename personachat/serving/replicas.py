@@ -12,6 +12,7 @@ readable by every local user).
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -30,14 +31,31 @@ def replica_devices(server: ServerSpec, index: int) -> list[int]:
     return list(range(index * per, (index + 1) * per))
 
 
+def replica_cores(server: ServerSpec, index: int) -> list[int]:
+    """The CPU cores worker ``index`` of a CPU build may use: an equal share of this process's
+    (vLLM's CPU build binds every worker's threads to the same cores otherwise). Empty when there
+    are fewer cores than workers."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    share = len(cores) // server.replicas
+    return cores[index * share : (index + 1) * share] if share else []
+
+
 def replica_env(server: ServerSpec, index: int) -> dict[str, str]:
-    """Environment for worker ``index``: its own GPUs when there are several workers (CPU builds
-    ignore ``CUDA_VISIBLE_DEVICES``). A profile's own ``env`` setting wins."""
-    if server.replicas == 1 and not server.gpus:
-        return {}
-    if "CUDA_VISIBLE_DEVICES" in server.env:
-        return {}
-    return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in replica_devices(server, index))}
+    """Environment for worker ``index`` of several: its own GPUs (``CUDA_VISIBLE_DEVICES``), its own
+    CPU cores (``VLLM_CPU_OMP_THREADS_BIND``; each build ignores the other's), and OpenMP threads
+    that sleep when idle (``OMP_WAIT_POLICY=PASSIVE``): workers whose threads spin-wait starve each
+    other's API servers, and two CPU workers behind the router gave 0.08x one worker's throughput on
+    2 cores, 1.0x with passive waiting (bench/router.py). A profile's own ``env`` setting wins."""
+    env: dict[str, str] = {}
+    if (server.replicas > 1 or server.gpus) and "CUDA_VISIBLE_DEVICES" not in server.env:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in replica_devices(server, index))
+    if server.replicas > 1:
+        cores = replica_cores(server, index)
+        if cores and "VLLM_CPU_OMP_THREADS_BIND" not in server.env:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
+        if "OMP_WAIT_POLICY" not in server.env:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
 
 
 def router_binary(server: ServerSpec) -> str:
