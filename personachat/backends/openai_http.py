@@ -267,6 +267,22 @@ class OpenAIBackend(Backend):
                 return int(response.json()["count"])
         return None
 
+    def _never_served(self, exc: BaseException, model: str) -> BaseException:
+        """``exc``, unless it is a 404 for a model that this vLLM server, launched by personachat
+        without runtime adapter loading, does not list: then a final error (it will never load it;
+        waiting out the retry budget would only delay the answer)."""
+        server = self.server
+        if (
+            isinstance(exc, BackendError)
+            and exc.kind == MODEL_MISSING
+            and self._vllm
+            and not server.runtime_lora
+            and model not in server.models()
+        ):
+            served = ", ".join(server.models())
+            return BackendError(f"{exc}; server '{server.name}' serves {served}", status=exc.status)
+        return exc
+
     def _next_url(self, tried: set[str]) -> str:
         """A replica for the next attempt; every replica again once each was tried."""
         if len(tried) >= len(self.urls):
@@ -299,7 +315,7 @@ class OpenAIBackend(Backend):
                     ) from None
                 if isinstance(exc, (*_CONNECT_ERRORS, *_LOST_ERRORS)):
                     self._mark_down(url)
-                await budget.wait(url, exc)
+                await budget.wait(url, self._never_served(exc, request.model))
             finally:
                 self._outstanding[url] -= 1
 
@@ -349,7 +365,7 @@ class OpenAIBackend(Backend):
             except (*_CONNECT_ERRORS, *_LOST_ERRORS, BackendError) as exc:
                 if isinstance(exc, (*_CONNECT_ERRORS, *_LOST_ERRORS)):
                     self._mark_down(url)
-                await budget.wait(url, exc)
+                await budget.wait(url, self._never_served(exc, request.model))
                 continue
             finally:
                 self._outstanding[url] -= 1
