@@ -165,10 +165,10 @@ class TestOtherShapes:
             load_prompt_set(path)
         assert [(p.line, "nested too deeply" in p.message) for p in exc.value.problems] == [(2, True)]
         deep_yaml = tmp_path / "deep.yaml"
-        deep_yaml.write_text("- id: a\n  paraphrases: " + "[" * 50_000 + "\n")
+        deep_yaml.write_text("- id: a\n  paraphrases: " + "[" * 5_000 + "\n")  # Python recurses ~1,000 deep
         with pytest.raises(PromptSetError) as exc:
             load_prompt_set(deep_yaml)
-        assert len(exc.value.problems) == 1
+        assert ["nested too deeply" in p.message for p in exc.value.problems] == [True]
 
     def test_a_pager_with_an_unbalanced_quote_is_a_message(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from personachat.app.pager import show_in_pager
