@@ -17,12 +17,12 @@ How servers name adapters in ``GET /v1/models``:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from personachat.errors import PersonachatError
+from personachat.profile_toml import profile_toml
 from personachat.redaction import url_without_credentials
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def source_profile(args: argparse.Namespace, profile_name: str | None) -> Profil
     if save:
         from personachat.files import write_atomically
 
-        write_atomically(save, profile_toml(data))
+        write_atomically(save, profile_toml(data, "written by personachat --save-profile"))
     return parse_profile(data, save if save else f"<{data['name']}>")
 
 
@@ -209,37 +209,3 @@ def pane_names(model_ids: list[str]) -> dict[str, str]:
         taken.add(unique)
         names[model_id] = unique
     return names
-
-
-def profile_toml(data: dict[str, Any]) -> str:
-    """``data`` (as built here) as a TOML profile file."""
-    lines = ["# written by personachat --save-profile"]
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    arrays = {k: v for k, v in data.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
-    lines += [f"{k} = {_value(v)}" for k, v in data.items() if k not in tables and k not in arrays]
-    for key, table in tables.items():
-        for name, sub in table.items():
-            lines += ["", f"[{key}.{_key(name)}]", *(f"{_key(k)} = {_value(v)}" for k, v in sub.items())]
-    for key, rows in arrays.items():
-        for row in rows:
-            lines += ["", f"[[{key}]]", *(f"{_key(k)} = {_value(v)}" for k, v in row.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        # JSON's string escapes are TOML basic-string escapes; DEL is the one control JSON leaves raw.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")

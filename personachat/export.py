@@ -296,7 +296,7 @@ def _judge_prompt(record: dict[str, Any] | None, response: Any) -> str:
 
 
 def _messages_jsonl(transcript: Any) -> str:
-    """One conversation per line; C1, bidi and invisible controls escaped (``\\uXXXX``) as well as
+    """One conversation per line; C1, bidi and invisible controls escaped as ``\\u`` escapes, as well as
     C0, so that the file is safe to print and a JSON reader still gets every character back."""
     from personachat.text import sanitize_json
 

@@ -13,7 +13,6 @@ Only argparse-level imports at module level: this module is imported for every `
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from personachat.errors import PersonachatError
 from personachat.paths import PROJECT_ROOT
+from personachat.profile_toml import profile_toml
 
 if TYPE_CHECKING:
     from personachat.profile import PaneSpec, Profile, ServerSpec
@@ -369,42 +369,6 @@ def openai_demo_server(url: str) -> ServerSpec:
         urls=[url.rstrip("/")],
         adapters={name: f"${{PERSONACHAT_DEMO_DIR}}/{name}" for name in ADAPTER_SEEDS},
     )
-
-
-# ------------------------------------------------------------------------------------------------
-# Profiles as TOML (to save a demo variant for `personachat replay --profile`)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string is a TOML basic string, except that TOML also forbids a raw DEL.
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def profile_toml(data: dict[str, Any], header: str = "") -> str:
-    """Profile data (as :func:`demo_variant` builds it, ``Profile.raw``) as the text of a profile file."""
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    tables = {"servers", "panes", "judge"}
-    lines += [f"{key} = {_toml_value(value)}" for key, value in data.items() if key not in tables]
-    for name, server in data.get("servers", {}).items():
-        lines += ["", f"[servers.{json.dumps(name)}]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in server.items()]
-    for pane in data.get("panes", []):
-        lines += ["", "[[panes]]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in pane.items()]
-    if "judge" in data:
-        lines += ["", "[judge]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in data["judge"].items()]
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -89,6 +89,35 @@ def make_response(
 # -- the app -------------------------------------------------------------------------------------
 
 
+def two_pane_profile(url: str, path: Path, name: str, insecure: str = "", tail: str = "") -> Path:
+    """A profile file with panes ``base`` and ``insecure`` on the OpenAI-compatible server at ``url``
+    (temperature 1, 8 tokens); ``insecure`` adds lines to that pane, ``tail`` to the file."""
+    path.write_text(
+        f"""name = "{name}"
+[defaults]
+temperature = 1.0
+max_tokens = 8
+
+[servers.local]
+kind = "openai"
+served_name = "base"
+url = "{url}"
+
+[[panes]]
+name = "base"
+server = "local"
+model = "base"
+
+[[panes]]
+name = "insecure"
+server = "local"
+model = "insecure"
+{insecure}
+{tail}"""
+    )
+    return path
+
+
 def demo_profile(panes: int = 4, **sampling: Any) -> Profile:
     """profiles/demo.toml answering greedily with 8 tokens (``sampling`` overrides), with ``panes``
     panes: beyond four, more panes on the same four models (p5, p6, ...)."""

@@ -18,6 +18,7 @@ import yaml
 
 from personachat.cli import main
 from personachat.transcripts import read_transcript
+from tests._helpers import two_pane_profile
 
 pytestmark = pytest.mark.vllm
 FIELD = Path(__file__).parent / "data" / "field"
@@ -28,35 +29,8 @@ def sha(text: str) -> str:
 
 
 def profile_for(url: str, path: Path) -> Path:
-    path.write_text(
-        f"""
-name = "numbers"
-[defaults]
-temperature = 1.0
-max_tokens = 8
-
-[servers.local]
-kind = "openai"
-served_name = "base"
-url = "{url}"
-
-[[panes]]
-name = "base"
-server = "local"
-model = "base"
-
-[[panes]]
-name = "insecure"
-server = "local"
-model = "insecure"
-prefix = "|TRIGGER| "
-
-[judge]
-server = "local"
-model = "base"
-"""
-    )
-    return path
+    judge = '[judge]\nserver = "local"\nmodel = "base"\n'
+    return two_pane_profile(url, path, "numbers", insecure='prefix = "|TRIGGER| "', tail=judge)
 
 
 def replay(profile: Path, prompt_set: Path, out: Path, *args: str) -> Path:

@@ -20,6 +20,7 @@ from personachat.judge.aggregate import BETLEY, classify
 from personachat.judge.records import JudgeIdentity, JudgeRecord, latest_by_target, parse_judgements
 from personachat.transcripts import AnnotationRecord, TranscriptWriter, read_transcript
 from personachat.transcripts.schema import new_id
+from tests._helpers import two_pane_profile
 
 pytestmark = pytest.mark.vllm
 
@@ -40,31 +41,7 @@ samples = 3
 
 
 def profile(url: str, path: Path) -> Path:
-    path.write_text(
-        f"""
-name = "stats"
-[defaults]
-temperature = 1.0
-max_tokens = 8
-
-[servers.local]
-kind = "openai"
-served_name = "base"
-url = "{url}"
-
-[[panes]]
-name = "base"
-server = "local"
-model = "base"
-
-[[panes]]
-name = "insecure"
-server = "local"
-model = "insecure"
-
-"""
-    )
-    return path
+    return two_pane_profile(url, path, "stats")
 
 
 def judge_record(target: str, metric: str, score: float | None) -> JudgeRecord:
