@@ -31,8 +31,8 @@ from typing import Any, Final
 
 import orjson
 
-from personachat.errors import TranscriptError
 from personachat.judge.records import JudgeRecord
+from personachat.transcripts.reader import transcript_file
 from personachat.transcripts.schema import (
     RESPONSE_TYPES,  # the schema's own field types: one place for them
     AnnotationRecord,
@@ -365,13 +365,7 @@ def scan_transcript(
     answer to a typed prompt) and must be picklable; ``workers`` processes read it (default: one
     per core up to four for a file of 64 MB or more, else one). Raises :class:`TranscriptError`
     for a missing file or a folder, as the reader does."""
-    path = Path(path)
-    if not path.exists():
-        raise TranscriptError(f"transcript not found: {path}")
-    if not path.is_file():
-        raise TranscriptError(
-            f"{path} is a folder, not a transcript (`personachat transcripts ls {path}` lists them)"
-        )
+    path = transcript_file(path)
     if workers is None:
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if path.stat().st_size >= PARALLEL_BYTES else 1
     starts = _line_starts(path, workers) if workers > 1 else [0]

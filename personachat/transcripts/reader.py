@@ -57,8 +57,8 @@ def iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, bytes]]
             yield number, data if isinstance(data, dict) else None, raw
 
 
-def read_transcript(path: Path | str) -> Transcript:
-    """Read ``path``; unreadable lines are reported in ``problems`` and everything else is kept."""
+def transcript_file(path: Path | str) -> Path:
+    """``path`` as a Path; :class:`TranscriptError` when it is missing or a folder."""
     path = Path(path)
     if not path.exists():
         raise TranscriptError(f"transcript not found: {path}")
@@ -66,6 +66,12 @@ def read_transcript(path: Path | str) -> Transcript:
         raise TranscriptError(
             f"{path} is a folder, not a transcript (`personachat transcripts ls {path}` lists them)"
         )
+    return path
+
+
+def read_transcript(path: Path | str) -> Transcript:
+    """Read ``path``; unreadable lines are reported in ``problems`` and everything else is kept."""
+    path = transcript_file(path)
     transcript = Transcript(path=path, header=None)
     by_id: dict[str, ResponseRecord] = {}
     pending: list[AnnotationRecord] = []
